@@ -1,0 +1,59 @@
+# Enclave: `make demo` runs the product end to end, `make test` runs every test.
+# Both create .venv when missing and install what they need; a second run skips what is done.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed
+MODEL  := smollm2-135m-instruct
+SHELL  := bash
+.SHELLFLAGS := -o pipefail -ec
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install demo test test-fast proto schema clean
+
+help:
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, answer questions)"
+	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
+	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
+	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
+	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the package metadata or the pinned versions change.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	@echo "installing enclave-llm[all] into $(VENV) (pinned by constraints.txt)"
+	$(PIP) install --quiet -c constraints.txt -e '.[all]' 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/enclave models pull $(MODEL)
+	@echo; echo "== A clinical question =="
+	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 80 \
+	  "On a prescription, what do the abbreviations 'PO' and 'bid' mean?"
+	@echo; echo "== A legal question =="
+	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 80 \
+	  "In law, what is the difference between a misdemeanor and a felony?"
+	@echo; $(BIN)/enclave models list
+
+test: install
+	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m slow
+
+test-fast: install
+	$(BIN)/python -m pytest
+
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/enclave/v1/*.proto
+
+schema: install
+	$(BIN)/python -c "import json; from enclave.manifest import json_schema; \
+	  open('enclave/schema/manifest.schema.json','w').write(json.dumps(json_schema(), indent=2) + '\n')"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

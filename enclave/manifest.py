@@ -1,0 +1,280 @@
+"""The artifact contract: a directory plus a ``manifest.json`` describing it.
+
+Every artifact Enclave writes (base model, adapter, merged, pruned, distilled, quantized,
+ONNX, vLLM, bundle) records its kind, lineage (parents by content digest), settings,
+metrics and every file with size and sha256. ``manifest.json`` itself is not in the file
+list, so metrics can be added later (``update_metrics``) without changing the digest.
+The JSON Schema lives in ``enclave/schema/manifest.schema.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from enclave import __version__
+from enclave.atomic import atomic_dir, atomic_write_bytes
+from enclave.errors import EnclaveError, IntegrityError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ArtifactKind = Literal[
+    "base_model", "adapter", "merged", "pruned", "distilled", "quantized", "onnx", "vllm", "bundle"
+]
+_HEX64 = r"^[0-9a-f]{64}$"
+_DIGEST = r"^sha256:[0-9a-f]{64}$"
+_PROGRESS_BYTES = 64 << 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class FileEntry(_Strict):
+    """One file of an artifact, relative to the artifact directory."""
+
+    path: str = Field(min_length=1)
+    """Relative POSIX path inside the artifact directory."""
+    size: int = Field(ge=0)
+    """Size in bytes."""
+    sha256: str = Field(pattern=_HEX64)
+    """Hex sha256 of the file's bytes."""
+
+
+class Parent(_Strict):
+    """An artifact this one was made from."""
+
+    kind: ArtifactKind
+    """The parent's kind."""
+    digest: str = Field(pattern=_DIGEST)
+    """The parent's content digest (its manifest's ``digest``)."""
+    name: str | None = None
+    """The parent's name, for people; the digest is what identifies it."""
+    role: str | None = None
+    """What the parent was used as: base, adapter, teacher, calibration..."""
+
+
+class Manifest(_Strict):
+    """The contents of ``manifest.json``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    """Version of this schema; readers refuse versions they do not know."""
+    kind: ArtifactKind
+    """What the artifact is."""
+    name: str = Field(min_length=1)
+    """A human name: model name, adapter name."""
+    enclave_version: str
+    """The Enclave version that wrote it."""
+    created_at: str
+    """Creation time, ISO 8601 UTC."""
+    digest: str = Field(pattern=_DIGEST)
+    """Content digest: sha256 over the sorted (path, size, sha256) lines of ``files``."""
+    parents: list[Parent] = []
+    """The artifacts it was made from (lineage)."""
+    settings: dict[str, Any] = {}
+    """The settings that produced it (config, source, versions)."""
+    metrics: dict[str, Any] = {}
+    """Measurements (loss, perplexity, scores); may be added after creation."""
+    files: list[FileEntry]
+    """Every file except manifest.json, sorted by path."""
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.model_dump(), indent=2, sort_keys=False) + "\n").encode()
+
+    def as_parent(self, role: str | None = None) -> Parent:
+        """This artifact as a lineage entry of a child artifact."""
+        return Parent(kind=self.kind, digest=self.digest, name=self.name, role=role)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of ``manifest.json`` (written to enclave/schema by `make schema`)."""
+    schema = Manifest.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://enclave.invalid/schema/manifest-v{SCHEMA_VERSION}.json",
+        **schema,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (a progress bar above 64 MiB)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    bar = None
+    if size >= _PROGRESS_BYTES:
+        from tqdm import tqdm
+
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", leave=False, disable=None)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    if bar is not None:
+        bar.close()
+    return h.hexdigest()
+
+
+def content_digest(files: list[FileEntry]) -> str:
+    """The artifact's identity: sha256 over its sorted (path, size, sha256) list."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.size}\0{f.sha256}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def scan_files(root: Path) -> list[FileEntry]:
+    """Hash every file under ``root`` except ``manifest.json``.
+
+    Raises:
+        EnclaveError: a symbolic link (artifacts hold plain files only).
+    """
+    entries = []
+    for path in _walk(root):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        if path.is_symlink():
+            raise EnclaveError(f"{path} is a symbolic link", fix="artifacts hold plain files only")
+        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+    return sorted(entries, key=lambda e: e.path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Draft:
+    """An artifact being written: fill ``path``, set ``settings`` and ``metrics``."""
+
+    def __init__(self, path: Path, kind: str, name: str, parents: list[Parent], settings: dict) -> None:
+        self.path = path
+        self.kind = kind
+        self.name = name
+        self.parents = list(parents)
+        self.settings = dict(settings)
+        self.metrics: dict[str, Any] = {}
+        self.manifest: Manifest | None = None
+
+    def seal(self) -> Manifest:
+        files = scan_files(self.path)
+        manifest = Manifest(
+            kind=self.kind, name=self.name, enclave_version=__version__, created_at=_now(),
+            digest=content_digest(files), parents=self.parents, settings=self.settings,
+            metrics=self.metrics, files=files,
+        )  # fmt: skip
+        (self.path / MANIFEST).write_bytes(manifest.to_json())
+        self.manifest = manifest
+        return manifest
+
+
+@contextlib.contextmanager
+def create_artifact(
+    final: Path,
+    kind: ArtifactKind,
+    name: str,
+    parents: list[Parent] | None = None,
+    settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Iterator[Draft]:
+    """Write an artifact atomically: nothing appears under ``final`` unless all succeeded.
+
+    Args:
+        final: the artifact directory to create.
+        kind: the artifact kind recorded in the manifest.
+        name: a human name (model name, adapter name).
+        parents: lineage entries (``Manifest.as_parent``).
+        settings: the settings that produced the artifact.
+        overwrite: replace an existing artifact at ``final``.
+
+    Yields:
+        A ``Draft`` whose ``path`` is a temporary directory to fill.
+    """
+    try:
+        with atomic_dir(Path(final), overwrite=overwrite) as tmp:
+            draft = Draft(tmp, kind, name, parents or [], settings or {})
+            yield draft
+            draft.seal()
+    except FileExistsError as exc:
+        raise EnclaveError(
+            f"{final} already exists", fix="choose another output path, or pass --overwrite"
+        ) from exc
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and validate ``root/manifest.json``.
+
+    Raises:
+        IntegrityError: missing, not JSON, or not a valid manifest (the reason named).
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise IntegrityError(str(root), [f"{MANIFEST}: missing (not an Enclave artifact)"])
+    try:
+        return Manifest.model_validate(json.loads(path.read_bytes()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(str(root), [f"{MANIFEST}: not valid JSON ({exc})"]) from exc
+    except ValidationError as exc:
+        problems = [f"{MANIFEST}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise IntegrityError(str(root), problems) from exc
+
+
+def verify(root: Path) -> tuple[Manifest, list[str]]:
+    """Check every file of an artifact against its manifest.
+
+    Returns:
+        The manifest and one line per problem: a file that differs, is missing, or is not listed.
+
+    Raises:
+        IntegrityError: the manifest itself cannot be read.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = []
+    listed = {f.path for f in manifest.files}
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file():
+            problems.append(f"{entry.path}: missing")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{entry.path}: size {path.stat().st_size}, manifest says {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path}: sha256 differs from the manifest (file changed)")
+    for path in _walk(root):
+        rel = path.relative_to(root).as_posix()
+        if rel != MANIFEST and rel not in listed:
+            problems.append(f"{rel}: not listed in the manifest")
+    if content_digest(list(manifest.files)) != manifest.digest:
+        problems.append(f"{MANIFEST}: digest does not match its file list (manifest edited)")
+    return manifest, problems
+
+
+def require_valid(root: Path) -> Manifest:
+    """``verify`` and raise ``IntegrityError`` naming every bad file."""
+    manifest, problems = verify(root)
+    if problems:
+        raise IntegrityError(str(root), problems)
+    return manifest
+
+
+def update_metrics(root: Path, metrics: dict[str, Any]) -> Manifest:
+    """Merge ``metrics`` into an artifact's manifest (atomic rewrite of manifest.json)."""
+    manifest = read_manifest(root)
+    merged = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
+    atomic_write_bytes(Path(root) / MANIFEST, Manifest.model_validate(merged.model_dump()).to_json())
+    return merged
