@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install demo test test-fast proto schema clean
 
 help:
-	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, answer questions)"
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compare answers)"
 	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
@@ -31,15 +31,22 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+STORE   = $${ENCLAVE_HOME:-$$HOME/.cache/enclave}
+ADAPTER = $(STORE)/adapters/clinical-legal
+ASK_CLINICAL = "A patient's chart says 'BID'. What does that mean?"
+ASK_LEGAL    = "Explain briefly what 'habeas corpus' means in law."
+
 demo: install
 	$(BIN)/enclave models pull $(MODEL)
-	@echo; echo "== A clinical question =="
-	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 80 \
-	  "On a prescription, what do the abbreviations 'PO' and 'bid' mean?"
-	@echo; echo "== A legal question =="
-	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 80 \
-	  "In law, what is the difference between a misdemeanor and a felony?"
-	@echo; $(BIN)/enclave models list
+	@echo; echo "== 1. The base model, before tuning =="
+	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 48 $(ASK_CLINICAL)
+	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 48 $(ASK_LEGAL)
+	@echo; echo "== 2. Tune a LoRA adapter on the bundled clinical/legal data (a few minutes) =="
+	$(BIN)/enclave tune --config tune/recipes/clinical_legal.yaml overwrite=true --restart
+	@echo; echo "== 3. The same questions with the adapter =="
+	$(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 $(ASK_CLINICAL)
+	$(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 $(ASK_LEGAL)
+	@echo; $(BIN)/enclave verify $(ADAPTER)
 
 test: install
 	$(BIN)/python -m pytest

@@ -126,3 +126,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
 def flag_values(args: argparse.Namespace) -> dict[str, str]:
     """``--max-new-tokens 8`` → ``{"max_new_tokens": "8"}`` for every flag the user set."""
     return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+
+
+def describe(cls: type[StrictConfig], prefix: str = "") -> list[str]:
+    """One line per leaf key: ``train.lr = 0.0002  Peak learning rate.`` (for --help epilogs)."""
+    lines = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            lines += describe(field.annotation, key + ".")
+        else:
+            default = field.default if not isinstance(field.default, list) or field.default else "[]"
+            lines.append(f"  {key} = {default}\n      {field.description or ''}")
+    return lines

@@ -9,11 +9,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import Field
 
 from enclave.config import StrictConfig
 from enclave.deps import require
+from enclave.errors import EnclaveError
+from enclave.manifest import require_valid
 from enclave.store import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,16 @@ class GenerateResult:
     finish_reason: str
 
 
-def load(model: ResolvedModel):
-    """Load a resolved checkpoint with transformers, fp32, safetensors only, no remote code."""
+def load(model: ResolvedModel, adapter: str | None = None):
+    """Load a resolved checkpoint with transformers, fp32, safetensors only, no remote code.
+
+    Args:
+        model: the base checkpoint.
+        adapter: an adapter artifact directory (from `enclave tune`) to apply, or None.
+
+    Raises:
+        EnclaveError: the adapter fails verification or was trained on another base.
+    """
     torch = require("torch", "torch")
     transformers = require("transformers", "torch")
     transformers.utils.logging.disable_progress_bar()  # loading takes a second; no bar needed
@@ -61,7 +72,24 @@ def load(model: ResolvedModel):
     lm = transformers.AutoModelForCausalLM.from_pretrained(
         model.path, dtype=torch.float32, use_safetensors=True, **kwargs
     )
+    if adapter is not None:
+        lm = with_adapter(lm, model, Path(adapter).expanduser())
     return lm.eval(), tokenizer
+
+
+def with_adapter(lm, base: ResolvedModel, adapter: Path):
+    """Apply a verified adapter artifact to a loaded base, refusing one made for another base."""
+    manifest = require_valid(adapter)
+    if manifest.kind != "adapter":
+        raise EnclaveError(f"--adapter {adapter}: a {manifest.kind} artifact, not an adapter", fix="pass a directory made by `enclave tune`")
+    expected = manifest.settings.get("base_model", {}).get("digest")
+    if expected and base.manifest and expected != base.manifest.digest:
+        raise EnclaveError(
+            f"adapter {adapter} was trained on base {expected}, but {base.ref} is {base.manifest.digest}",
+            fix="use the base model it was trained on (its manifest.json, settings.base_model)",
+        )
+    peft = require("peft", "tune")
+    return peft.PeftModel.from_pretrained(lm, adapter, is_trainable=False)
 
 
 def encode(tokenizer, prompt: str, cfg: GenerateConfig) -> list[int]:

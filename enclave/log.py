@@ -45,5 +45,6 @@ def setup_logging(fmt: str = "text", debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("urllib3", "filelock", "httpx", "httpcore", "huggingface_hub", "transformers", "accelerate"):
+    for noisy in ("urllib3", "filelock", "httpx", "httpcore", "huggingface_hub", "transformers", "accelerate",
+                  "absl", "matplotlib", "optuna", "peft"):  # fmt: skip
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

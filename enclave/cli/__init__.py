@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from enclave import __version__
@@ -19,6 +20,8 @@ COMMANDS = {
     "models": "enclave.cli.models",
     "verify": "enclave.cli.verify",
     "generate": "enclave.cli.generate",
+    "tune": "enclave.cli.tune",
+    "eval": "enclave.cli.eval",
 }
 
 
@@ -40,10 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_action(argv: list[str]) -> list[str]:
+    """Insert a command's DEFAULT_ACTION: `enclave tune --config r.yaml` means `enclave tune run ...`."""
+    for i, token in enumerate(argv):
+        if token in COMMANDS:
+            module = importlib.import_module(COMMANDS[token])
+            actions, default = getattr(module, "ACTIONS", ()), getattr(module, "DEFAULT_ACTION", None)
+            rest = argv[i + 1 :]
+            if default and not (rest and (rest[0] in actions or rest[0] in ("-h", "--help"))):
+                return [*argv[: i + 1], default, *rest]
+            return argv
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    # Enclave never talks to a model hub: every model comes from the store or a local path.
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(var, "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(default_action(list(sys.argv[1:] if argv is None else argv)))
     setup_logging(args.log_format, args.debug)
     try:
         return int(args.func(args) or 0)

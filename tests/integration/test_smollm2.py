@@ -21,17 +21,7 @@ from enclave.manifest import verify
 from enclave.store import resolve_model
 
 pytestmark = pytest.mark.slow
-NAME = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    home = Path(os.environ.get("ENCLAVE_TEST_HOME") or tmp_path_factory.mktemp("store"))
-    env = {**os.environ, "ENCLAVE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "enclave", "models", "pull", NAME], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "134,515,008" in proc.stdout
-    return home
+from tests.integration.conftest import NAME
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,146 @@
+"""The tune recipe: one typed config whose fields are the YAML keys and the CLI overrides."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from enclave.config import StrictConfig
+
+
+class DataConfig(StrictConfig):
+    """Where the examples come from and how they are cleaned."""
+
+    path: str = "builtin:clinical_legal"
+    """A JSONL or CSV file, a directory of them, or builtin:NAME for a shipped data set."""
+    columns: dict[str, str] = {}
+    """CSV only: map our fields (instruction, input, output, group, split) to your column names."""
+    system_prompt: str | None = None
+    """A system message put before every example (default: the chat template's own)."""
+    max_length: int = Field(256, ge=8)
+    """Longest example in tokens (prompt + answer); longer ones are dropped and reported."""
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """Jaccard similarity (word 3-gram MinHash) above which two records are near duplicates."""
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train/validation/test shares when the data names no splits (by content hash)."""
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _sum_to_one(cls, v):
+        if abs(sum(v) - 1.0) > 1e-6 or min(v) < 0 or v[0] == 0:
+            raise ValueError("must be three non-negative shares summing to 1, train above 0")
+        return v
+
+
+class LoraSettings(StrictConfig):
+    """The adapter: LoRA (PEFT) or full fine-tuning."""
+
+    method: Literal["lora", "full"] = "lora"
+    """lora trains low-rank adapters; full trains every weight (small models only)."""
+    r: int = Field(8, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    """Module names (the last part of the name) that get adapters, e.g. q_proj, v_proj, gate_proj."""
+    modules_to_save: list[str] = []
+    """Modules trained fully and saved with the adapter, e.g. lm_head."""
+
+
+class UnfreezeStage(StrictConfig):
+    """One stage of progressive unfreezing."""
+
+    layers: str = "all"
+    """Which layers' adapters train: all, top:N (the last N layers) or a range a-b (inclusive)."""
+    steps: int | None = Field(None, ge=1)
+    """How many optimizer steps the stage lasts; the last stage may leave it empty (until the end)."""
+
+
+class TrainSettings(StrictConfig):
+    """The optimisation."""
+
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    """adamw, sgd (with momentum) or rmsprop."""
+    lr: float = Field(2e-4, gt=0.0)
+    """Peak learning rate."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """Momentum for sgd and rmsprop."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """Decoupled weight decay (adamw) or L2 penalty (sgd, rmsprop)."""
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    """Decay after warmup: linear or cosine to zero, or constant."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps from 0 to lr."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per optimizer step (the global batch, over all ranks and accumulation steps)."""
+    grad_accum: int = Field(1, ge=1)
+    """Split each batch into this many micro-batches (same result, less memory)."""
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the gradient norm to this; empty turns clipping off."""
+    epochs: float = Field(3.0, gt=0.0)
+    """Passes over the training split (ignored when max_steps is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps."""
+    seed: int = 0
+    """Seed for initialisation, data order and dropout."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding, faster)."""
+    eval_every: int = Field(20, ge=1)
+    """Validation loss every N steps (and at the end)."""
+    patience: int | None = Field(3, ge=1)
+    """Early stopping: stop after this many evaluations without improvement; empty turns it off."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest validation loss decrease that counts as an improvement."""
+    checkpoint_every: int = Field(25, ge=1)
+    """Write a resumable checkpoint every N steps."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many recent checkpoints to keep."""
+    unfreeze: list[UnfreezeStage] = []
+    """Progressive unfreezing stages, in order; empty trains every adapter from the start."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if any(s.steps is None for s in self.unfreeze[:-1]):
+            raise ValueError("unfreeze: every stage but the last needs steps")
+        return self
+
+
+class EvalSettings(StrictConfig):
+    """The evaluation at the end of a run (and of `enclave eval`)."""
+
+    max_new_tokens: int = Field(48, ge=1, le=2048)
+    """Longest generated answer."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts generated together."""
+    max_examples: int | None = Field(None, ge=1)
+    """Evaluate only the first N test examples (quick checks)."""
+    fairness_gap_threshold: float = Field(10.0, ge=0.0)
+    """Warn when a metric differs between groups by more than this many points (metrics are 0-100)."""
+    compare_base: bool = True
+    """Also evaluate the base model on the same test split, for a side-by-side table."""
+
+
+class TuneConfig(StrictConfig):
+    """A tuning recipe."""
+
+    name: str = Field("adapter", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    """Adapter name; the artifact goes to $ENCLAVE_HOME/adapters/NAME unless output is set."""
+    base_model: str = "smollm2-135m-instruct"
+    """Base model: a store name or a checkpoint path."""
+    output: str | None = None
+    """Artifact directory to write (default $ENCLAVE_HOME/adapters/NAME)."""
+    overwrite: bool = False
+    """Replace an existing artifact at the output path."""
+    data: DataConfig = DataConfig()
+    """The data."""
+    lora: LoraSettings = LoraSettings()
+    """The adapter."""
+    train: TrainSettings = TrainSettings()
+    """The optimisation."""
+    eval: EvalSettings = EvalSettings()
+    """The final evaluation."""

@@ -1,0 +1,124 @@
+"""Cleaning ("quality over quantity"): normalise, drop empty and duplicate records, split
+deterministically, and make sure no evaluation record is a near copy of a training one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tune.data.records import SPLITS, Record
+
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANKS = re.compile(r"\n{3,}")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    """NFC Unicode, no control characters, single spaces, trimmed lines, at most one blank line."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+
+
+def content_hash(record: Record) -> str:
+    return hashlib.sha256("\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record.messages).encode()).hexdigest()
+
+
+def assign_split(record: Record, ratios: tuple[float, float, float]) -> str:
+    """The record's own split, else one chosen by its content hash (stable across runs and machines)."""
+    if record.split:
+        return record.split
+    u = int(content_hash(record)[:15], 16) / 16**15
+    return "train" if u < ratios[0] else "validation" if u < ratios[0] + ratios[1] else "test"
+
+
+@dataclass
+class CleanStats:
+    """What cleaning removed, by reason."""
+
+    loaded: int = 0
+    empty: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    leakage: int = 0
+    too_long: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, reason: str, record: Record) -> None:
+        setattr(self, reason, getattr(self, reason) + 1)
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(record.source)
+
+
+def shingles(text: str, n: int = 3) -> set[str]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, list[Record]], CleanStats]:
+    """Normalise, drop empty and duplicate records, split, and remove train→eval leakage.
+
+    Near duplicates are records whose prompts (everything but the answer) are nearly the
+    same, found with MinHash LSH over word 3-grams (datasketch): a record close to an earlier
+    one in the same split is dropped, and an evaluation record whose question is close to a
+    training question is dropped as leakage, so test scores measure more than recall of
+    memorised questions. Exact duplicates compare the whole record.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    stats = CleanStats(loaded=len(records))
+    kept, seen = [], set()
+    for rec in records:
+        rec.messages = [{"role": m["role"], "content": normalize(m["content"])} for m in rec.messages]
+        if any(not m["content"] for m in rec.messages if m["role"] != "system"):
+            stats.note("empty", rec)
+            continue
+        h = content_hash(rec)
+        if h in seen:
+            stats.note("exact_duplicates", rec)
+            continue
+        seen.add(h)
+        rec.split = assign_split(rec, ratios)
+        kept.append(rec)
+    # Train first, so evaluation records are the ones dropped when they leak.
+    kept.sort(key=lambda r: SPLITS.index(r.split))
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    grams = [shingles(rec.prompt_text) for rec in kept]
+    for i, rec in enumerate(kept):
+        mh = MinHash(num_perm=128, seed=1)
+        mh.update_batch([s.encode() for s in grams[i]])
+        # LSH gives candidates; the exact Jaccard similarity confirms them (no false positives).
+        near = [kept[j] for j in lsh.query(mh) if _jaccard(grams[i], grams[j]) >= threshold]
+        if any(other.split == rec.split for other in near):
+            stats.note("near_duplicates", rec)
+            continue
+        if rec.split != "train" and any(other.split == "train" for other in near):
+            stats.note("leakage", rec)
+            continue
+        lsh.insert(i, mh)
+        splits[rec.split].append(rec)
+    for split in SPLITS:  # back to file order within each split
+        splits[split].sort(key=lambda r: _source_key(r.source))
+    return splits, stats
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def _source_key(source: str):
+    name, _, line = source.rpartition(":")
+    return (name, int(line) if line.isdigit() else 0)
+
+
+def group_counts(splits: dict[str, list[Record]]) -> dict[str, dict[str, int]]:
+    return {s: dict(Counter(r.group or "(none)" for r in recs)) for s, recs in splits.items()}

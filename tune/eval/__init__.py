@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, exact match, token F1, BLEU, ROUGE-L, label metrics, fairness by group."""

@@ -1,0 +1,33 @@
+"""Load what `enclave eval` evaluates: a base or full checkpoint, or an adapter on its base."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from enclave.manifest import MANIFEST, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def load_for_eval(ref: str, adapter: str | None = None):
+    """Return (model, tokenizer, label, artifact_dir or None).
+
+    ``ref`` may itself be an adapter artifact: its base is then taken from its manifest.
+
+    Raises:
+        EnclaveError: the adapter's recorded base digest differs from the base given.
+    """
+    from tune.train.model import load_base
+
+    path = Path(ref).expanduser()
+    if (path / MANIFEST).is_file() and read_manifest(path).kind == "adapter":
+        adapter, ref = str(path), read_manifest(path).settings["base_model"]["ref"]
+    resolved, model, tokenizer = load_base(ref)
+    if adapter is None:
+        return model, tokenizer, resolved.path.name, resolved.path if resolved.manifest else None
+    from enclave.generate import with_adapter
+
+    adapter_dir = Path(adapter).expanduser()
+    model = with_adapter(model, resolved, adapter_dir)
+    return model, tokenizer, read_manifest(adapter_dir).name, adapter_dir

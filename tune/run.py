@@ -1,0 +1,193 @@
+"""`enclave tune`: base model + data → LoRA adapter artifact, evaluated against the base.
+
+Linear on purpose: load, check the data, train, evaluate, write the artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from enclave.errors import EnclaveError
+from enclave.manifest import create_artifact
+from enclave.store import home
+from tune.config import TuneConfig
+from tune.data.prepare import prepare
+from tune.data.report import print_report
+from tune.eval.report import markdown, print_side_by_side
+from tune.eval.run import evaluate
+from tune.plots import loss_curve
+from tune.train import distributed
+from tune.train.loop import TrainResult, total_steps, train
+from tune.train.model import apply_adapter, load_base
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: TuneConfig) -> Path:
+    return Path(cfg.output).expanduser() if cfg.output else home() / "adapters" / cfg.name
+
+
+def run_dir(cfg: TuneConfig) -> Path:
+    return home() / "runs" / cfg.name
+
+
+def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | None:
+    """Tune an adapter; return its artifact directory (None on ranks other than 0)."""
+    ranks = distributed.init()
+    out, work = output_dir(cfg), run_dir(cfg)
+    _check_paths(cfg, out, work, resume, restart, ranks)
+    resolved, model, tokenizer = load_base(cfg.base_model)
+    data = prepare(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if ranks.main:
+        print_report(data.report(), f"Data report ({cfg.data.path})")
+    _check_sizes(cfg, data)
+    torch.manual_seed(cfg.train.seed)  # LoRA initialisation is random: same seed, same start
+    model = apply_adapter(model, cfg.lora)
+    result = _train(cfg, model, data, tokenizer, work, ranks, resume)
+    if not ranks.main:
+        distributed.finish(ranks)
+        return None
+    evals = _evaluate(cfg, model, tokenizer, data)
+    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals)
+    distributed.finish(ranks)
+    _summary(path, result, evals)
+    return path
+
+
+def _check_paths(cfg, out: Path, work: Path, resume: bool, restart: bool, ranks) -> None:
+    if out.exists() and not cfg.overwrite:
+        raise EnclaveError(f"output {out} already exists", fix="set name= to another name, output= to another path, or overwrite=true")
+    has_ckpt = (work / "checkpoints").is_dir() and any((work / "checkpoints").glob("step-*"))
+    if has_ckpt and not (resume or restart):
+        raise EnclaveError(
+            f"an earlier run of {cfg.name!r} left checkpoints in {work / 'checkpoints'}",
+            fix="pass --resume to continue it, or --restart to discard them and start over",
+        )
+    if restart and ranks.main:
+        shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier(ranks)
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def _check_sizes(cfg: TuneConfig, data) -> None:
+    n = len(data.examples["train"])
+    if n < cfg.train.batch_size:
+        raise EnclaveError(
+            f"the training split has {n} examples, fewer than one batch (train.batch_size={cfg.train.batch_size})",
+            fix=f"add data, or set train.batch_size={max(1, n)} or less",
+        )
+    if not data.examples["validation"] and cfg.train.patience:
+        raise EnclaveError("the validation split is empty, so early stopping cannot work",
+                           fix="add records with split=validation, or set train.patience=null")  # fmt: skip
+
+
+def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> TrainResult:
+    from tqdm import tqdm
+
+    steps = total_steps(len(data.examples["train"]), cfg.train)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training %s parameters for %d steps on %d examples (%d rank(s))", f"{n_params:,}", steps, len(data.examples["train"]), ranks.world)
+    bar = tqdm(total=steps, desc="tune", unit="step", disable=not ranks.main, dynamic_ncols=True)
+
+    def on_step(row, state):
+        bar.n = row["step"]
+        tps = state["tokens"] / max(state["seconds"], 1e-9)
+        val = f"{state['evals'][-1]['val_loss']:.3f}" if state["evals"] else "-"
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val=val, tok_s=f"{tps:.0f}", refresh=False)
+        bar.refresh()
+
+    result = train(model, data.examples["train"], data.examples["validation"], tokenizer.pad_token_id, cfg.train, work, ranks, resume, on_step)
+    bar.close()
+    return result
+
+
+def _evaluate(cfg, model, tokenizer, data) -> list:
+    from tqdm import tqdm
+
+    records, examples = data.records["test"], data.examples["test"]
+    if cfg.eval.max_examples:
+        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
+    if not records:
+        log.warning("the test split is empty: no evaluation")
+        return []
+    runs = [("base", True)] if cfg.eval.compare_base and cfg.lora.method == "lora" else []
+    runs.append(("adapter" if cfg.lora.method == "lora" else "tuned", False))
+    results = []
+    for label, disabled in runs:
+        with tqdm(total=len(records), desc=f"eval {label}", unit="ex") as bar:
+            with model.disable_adapter() if disabled else contextlib.nullcontext():
+                results.append(evaluate(model, tokenizer, records, examples, label, cfg.data.system_prompt,
+                                        cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.fairness_gap_threshold, bar.update))  # fmt: skip
+    return results
+
+
+def _write(cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals) -> Path:
+    parents = [resolved.manifest.as_parent("base")] if resolved.manifest else []
+    base = {"ref": cfg.base_model, "digest": resolved.manifest.digest if resolved.manifest else None}
+    settings = {
+        "config": cfg.model_dump(mode="json"), "base_model": base, "data_digest": data.digest,
+        "versions": {p: version(p) for p in ("torch", "transformers", "peft")},
+    }  # fmt: skip
+    kind = "adapter" if cfg.lora.method == "lora" else "merged"
+    with create_artifact(out, kind, cfg.name, parents=parents, settings=settings, overwrite=cfg.overwrite) as draft:
+        if kind == "adapter":
+            model.save_pretrained(draft.path, safe_serialization=True)
+            _name_base(draft.path / "adapter_config.json", cfg.base_model)
+        else:
+            model.save_pretrained(draft.path, safe_serialization=True)
+            tokenizer.save_pretrained(draft.path)
+        loss_curve(result.history, result.evals, draft.path / "loss_curve.png", f"{cfg.name}: LoRA on {cfg.base_model}")
+        (draft.path / "training_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in result.history))
+        (draft.path / "data_report.json").write_text(json.dumps(data.report(), indent=2))
+        if evals:
+            (draft.path / "eval_report.md").write_text(markdown(evals, f"{cfg.name}: test split of {cfg.data.path}"))
+        draft.metrics.update(_metrics(result, evals))
+    return out
+
+
+def _name_base(path: Path, base: str) -> None:
+    """Record the base by its store name, not this machine's path (the manifest holds its digest)."""
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _metrics(result: TrainResult, evals) -> dict:
+    m = {
+        "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
+        "final_train_loss": result.history[-1]["loss"] if result.history else None,
+        "best_val_loss": None if result.best_val_loss == float("inf") else result.best_val_loss,
+        "train_tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }  # fmt: skip
+    for r in evals:
+        m[f"eval_{r.label}"] = r.to_dict()
+    return m
+
+
+def _summary(path: Path, result: TrainResult, evals) -> None:
+    from rich.table import Table
+
+    from enclave.ui import console
+
+    if evals:
+        print_side_by_side(evals)
+    t = Table(title="Tuning run", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("adapter", str(path))
+    t.add_row("steps", f"{result.steps} (best {result.best_step}{', stopped early' if result.stopped_early else ''})")
+    if result.best_val_loss != float("inf"):
+        t.add_row("best validation loss", f"{result.best_val_loss:.4f}")
+    t.add_row("throughput", f"{result.tokens_per_second:.0f} tokens/s over {result.seconds:.0f} s")
+    t.add_row("peak memory", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
+    t.add_row("loss curve", str(path / "loss_curve.png"))
+    console().print(t)
