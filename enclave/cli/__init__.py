@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from enclave import __version__
 from enclave.errors import EnclaveError
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     # Enclave never talks to a model hub: every model comes from the store or a local path.
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
         os.environ.setdefault(var, "1")
+    # PEFT 0.21 calls a transformers method that 5.x renamed; harmless, printed on every load.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(default_action(list(sys.argv[1:] if argv is None else argv)))
     setup_logging(args.log_format, args.debug)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 
 import torch
 
@@ -12,8 +11,6 @@ from enclave.store import ResolvedModel, resolve_model
 from tune.config import LoraSettings, UnfreezeStage
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
-# PEFT 0.21 calls a transformers method that 5.x renamed; harmless, but printed on every run.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def load_base(ref: str):
