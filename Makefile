@@ -34,7 +34,9 @@ install: $(STAMP)
 STORE   = $${ENCLAVE_HOME:-$$HOME/.cache/enclave}
 ADAPTER = $(STORE)/adapters/clinical-legal
 ASK_CLINICAL = "A patient's chart says 'BID'. What does that mean?"
+ASK_CLINICAL2 = "A patient's chart says 'PRN'. What does that mean?"
 ASK_LEGAL    = "Explain briefly what 'habeas corpus' means in law."
+ASK_LEGAL2   = "Explain briefly what 'tort' means in law."
 
 demo: install
 	$(BIN)/enclave models pull $(MODEL)
@@ -44,8 +46,8 @@ demo: install
 	@echo; echo "== 2. Tune a LoRA adapter on the bundled clinical/legal data (a few minutes) =="
 	$(BIN)/enclave tune --config tune/recipes/clinical_legal.yaml overwrite=true --restart
 	@echo; echo "== 3. The same questions with the adapter =="
-	$(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 $(ASK_CLINICAL)
-	$(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 $(ASK_LEGAL)
+	@for q in $(ASK_CLINICAL) $(ASK_CLINICAL2) $(ASK_LEGAL) $(ASK_LEGAL2); do \
+	  echo "Q: $$q"; $(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 "$$q" 2>/dev/null; done
 	@echo; $(BIN)/enclave verify $(ADAPTER)
 
 test: install

@@ -101,7 +101,9 @@ def load_config(cls: type[C], path: Path | None = None, overrides: list[str] = (
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(str(path) if path else "the command line", format_errors(exc)) from None
+        sources = [str(path)] if path else []
+        sources += ["the command line"] if overrides or flags or not path else []
+        raise ConfigError(" + ".join(sources), format_errors(exc)) from None
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -> None:
