@@ -47,8 +47,10 @@ demo: install
 	$(BIN)/enclave tune --config tune/recipes/clinical_legal.yaml overwrite=true --restart
 	@echo; echo "== 3. The same questions with the adapter =="
 	@for q in $(ASK_CLINICAL) $(ASK_CLINICAL2) $(ASK_LEGAL) $(ASK_LEGAL2); do \
-	  echo "Q: $$q"; $(BIN)/enclave generate --model $(MODEL) --adapter $(ADAPTER) --max-new-tokens 48 "$$q" 2>/dev/null; done
-	@echo; $(BIN)/enclave verify $(ADAPTER)
+	  echo "Q: $$q"; $(BIN)/enclave generate --model $(MODEL) --adapter clinical-legal --max-new-tokens 48 "$$q" 2>/dev/null; done
+	@echo; echo "== 4. Compress: merge the adapter, prune to 50% with SparseGPT, measure =="
+	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
+	@echo; $(BIN)/enclave verify $(ADAPTER) $(STORE)/artifacts/clinical-legal-merge $(STORE)/artifacts/clinical-legal-prune
 
 test: install
 	$(BIN)/python -m pytest

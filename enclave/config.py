@@ -121,7 +121,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
             dest=f"cfg__{name}",
             metavar="V",
             default=None,
-            help=f"{field.description or ''} (default: {default!r})",
+            help=f"{field.description or ''} (default: {default!r})".replace("%", "%%"),  # argparse formats help with %
         )
 
 

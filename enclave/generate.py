@@ -17,7 +17,7 @@ from enclave.config import StrictConfig
 from enclave.deps import require
 from enclave.errors import EnclaveError
 from enclave.manifest import require_valid
-from enclave.store import ResolvedModel
+from enclave.store import ResolvedModel, resolve_adapter
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def load(model: ResolvedModel, adapter: str | None = None):
 
     Args:
         model: the base checkpoint.
-        adapter: an adapter artifact directory (from `enclave tune`) to apply, or None.
+        adapter: an adapter artifact (a path, or a name in $ENCLAVE_HOME/adapters) to apply, or None.
 
     Raises:
         EnclaveError: the adapter fails verification or was trained on another base.
@@ -73,7 +73,7 @@ def load(model: ResolvedModel, adapter: str | None = None):
         model.path, dtype=torch.float32, use_safetensors=True, **kwargs
     )
     if adapter is not None:
-        lm = with_adapter(lm, model, Path(adapter).expanduser())
+        lm = with_adapter(lm, model, resolve_adapter(adapter))
     return lm.eval(), tokenizer
 
 

@@ -120,3 +120,37 @@ def _unknown(ref: str) -> None:
     fix += f" `enclave models pull {pullable[0]}`" if pullable else " `enclave models import PATH`"
     more = f"; pullable: {', '.join(pullable)}" if pullable else ""
     raise EnclaveError(f"unknown model {ref!r}. In the store ({models_dir()}): {known}{more}", fix=fix)
+
+
+def find_by_digest(digest: str, near: Path | None = None) -> Path | None:
+    """An artifact directory with this content digest: next to ``near`` first, then in the store."""
+    places = ([near.parent] if near else []) + [models_dir(), home() / "artifacts", home() / "adapters"]
+    for place in places:
+        if not place.is_dir():
+            continue
+        for path in sorted(place.iterdir()):
+            if (path / MANIFEST).is_file() and TMP_MARK not in path.name:
+                try:
+                    if read_manifest(path).digest == digest:
+                        return path
+                except IntegrityError:
+                    continue
+    return None
+
+
+def resolve_adapter(ref: str) -> Path:
+    """An adapter by path, or by name in ``$ENCLAVE_HOME/adapters``.
+
+    Raises:
+        EnclaveError: neither exists (the adapters in the store are listed).
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    stored = home() / "adapters" / ref
+    if NAME_RE.match(ref) and (stored / MANIFEST).is_file():
+        return stored
+    root = home() / "adapters"
+    known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    raise EnclaveError(f"no adapter {ref!r} (not a path, and not in {root}: {', '.join(known) or 'none yet'})",
+                       fix="pass an adapter directory, or tune one with `enclave tune`")  # fmt: skip

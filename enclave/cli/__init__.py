@@ -23,6 +23,7 @@ COMMANDS = {
     "generate": "enclave.cli.generate",
     "tune": "enclave.cli.tune",
     "eval": "enclave.cli.eval",
+    "compress": "enclave.cli.compress",
 }
 
 

@@ -15,12 +15,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a tune recipe whose data.* and eval.* settings apply")
     parser.add_argument("--text", type=Path, help="also report perplexity on this held-out text file")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
+    parser.add_argument("--json", type=Path, help="write the scores as JSON here (for scripts and `enclave compress report`)")
     parser.add_argument("--no-record", action="store_true", help="do not add the scores to the artifact's manifest")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. eval.max_examples=50")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from tqdm import tqdm
 
     from enclave.atomic import atomic_write_bytes
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     print_side_by_side([result])
     if args.report:
         atomic_write_bytes(args.report, markdown([result], f"{label}: test split of {args.data}").encode())
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps({"data": args.data, **result.to_dict()}, indent=2).encode())
     if artifact is not None and not args.no_record:
         update_metrics(artifact, {f"eval:{data.digest[:19]}": {"data": args.data, **result.to_dict()}})
     return 0

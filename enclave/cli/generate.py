@@ -17,7 +17,7 @@ log = logging.getLogger("enclave.generate")
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt; '-' reads it from standard input")
     parser.add_argument("--model", required=True, help="a store name (enclave models list) or a checkpoint path")
-    parser.add_argument("--adapter", help="an adapter artifact from `enclave tune` to apply (checked against the base)")
+    parser.add_argument("--adapter", help="an adapter from `enclave tune` to apply: a path or a name in $ENCLAVE_HOME/adapters (checked against the base)")
     parser.add_argument("--config", type=Path, help="a YAML file of the settings below")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set temperature=0.7")
     add_config_flags(parser, GenerateConfig)

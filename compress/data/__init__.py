@@ -1,0 +1,1 @@
+"""Text shipped with compress: held-out text for perplexity."""

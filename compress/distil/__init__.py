@@ -1,0 +1,1 @@
+"""distil: recover quality with knowledge distillation from a teacher."""

@@ -1,0 +1,1 @@
+"""merge: fold a LoRA adapter into its base model."""

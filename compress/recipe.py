@@ -1,0 +1,35 @@
+"""`enclave compress --recipe r.yaml`: run the steps in order, each on the previous artifact,
+then measure everything in one report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from compress import registry
+from compress.config import CompressRecipe
+from compress.report import report
+from enclave.store import home
+
+log = logging.getLogger(__name__)
+
+
+def artifacts_dir(recipe: CompressRecipe) -> Path:
+    return Path(recipe.output_dir).expanduser() if recipe.output_dir else home() / "artifacts"
+
+
+def run_recipe(recipe: CompressRecipe, measure: bool = True) -> list[Path]:
+    """Run every step; return the artifact paths (the report goes next to them)."""
+    root = artifacts_dir(recipe)
+    source, produced = recipe.model, []
+    names = [s.step for s in recipe.steps]
+    for i, settings in enumerate(recipe.steps):
+        suffix = settings.step if names.count(settings.step) == 1 else f"{settings.step}{i + 1}"
+        name = f"{recipe.name}-{suffix}"
+        log.info("step %d/%d: %s -> %s", i + 1, len(recipe.steps), settings.step, root / name)
+        registry.get(settings.step).run(source, settings, root / name, name, recipe.overwrite)
+        produced.append(root / name)
+        source = str(root / name)
+    if measure:
+        report([recipe.model, *map(str, produced)], recipe.eval, root / f"{recipe.name}-report")
+    return produced

@@ -1,0 +1,145 @@
+"""`enclave compress report`: one row per artifact, measured the same way on this machine.
+
+Size on disk, parameters and sparsity, perplexity on held-out text, the task score on the
+tune test split (through `enclave eval`, the same command tune uses), decode tokens/s and
+time to first token; printed, written as Markdown and JSON, and plotted (size vs perplexity).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from compress.config import EvalSettings
+from compress.text import perplexity, read_source
+from enclave.atomic import atomic_write_bytes
+from enclave.errors import EnclaveError
+from enclave.generate import load
+from enclave.manifest import MANIFEST, read_manifest, update_metrics
+from enclave.store import resolve_model
+
+SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS = 128, 64
+
+
+@torch.no_grad()
+def speed(model, tokenizer, text: str) -> dict:
+    """Greedy decode speed and time to first token for a 128-token prompt (transformers, fp32)."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :SPEED_PROMPT_TOKENS]
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, **kw)  # warm-up
+    t0 = time.perf_counter()
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1, **kw)
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=SPEED_NEW_TOKENS, min_new_tokens=SPEED_NEW_TOKENS, **kw)
+    total = time.perf_counter() - t0
+    new = out.size(1) - ids.size(1)
+    return {"ttft_seconds": ttft, "decode_tokens_per_second": (new - 1) / max(total - ttft, 1e-9)}
+
+
+def task_score(path: Path, data: str) -> dict:
+    """The tune test split's scores, through `enclave eval` (compress does not import tune)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        cmd = [sys.executable, "-m", "enclave", "eval", str(path), "--data", data, "--json", str(out), "--no-record"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise EnclaveError(f"`enclave eval {path}` failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.read_text())["metrics"]
+
+
+def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
+    """Every column of the report for one artifact (or plain checkpoint)."""
+    resolved = resolve_model(path)
+    model, tokenizer = load(resolved)
+    # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned).
+    linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    row = {
+        "artifact": str(resolved.path), "name": resolved.manifest.name if resolved.manifest else resolved.path.name,
+        "kind": resolved.manifest.kind if resolved.manifest else "checkpoint",
+        "size_bytes": sum(f.stat().st_size for f in resolved.path.rglob("*") if f.is_file() and f.name != MANIFEST),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sparsity": sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears),
+        "perplexity": perplexity(model, tokenizer, settings.heldout, settings.max_tokens),
+        **speed(model, tokenizer, read_source(settings.heldout)),
+    }  # fmt: skip
+    if task_data:
+        scores = task_score(resolved.path, task_data)
+        row.update(task_exact_match=scores["exact_match"], task_token_f1=scores["token_f1"])
+    return row
+
+
+def report(paths: list[str], settings: EvalSettings, out_dir: Path, task_data: str | None = "builtin:clinical_legal") -> list[dict]:
+    """Measure each artifact, print the table, write report.md, report.json and report.png."""
+    from tqdm import tqdm
+
+    rows = []
+    for path in tqdm(paths, desc="measure", unit="artifact"):
+        rows.append(measure(path, settings, task_data))
+        if (Path(rows[-1]["artifact"]) / MANIFEST).is_file():
+            update_metrics(Path(rows[-1]["artifact"]), {"report": {k: v for k, v in rows[-1].items() if k not in ("artifact", "name", "kind")}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "report.json", json.dumps({"heldout": settings.heldout, "rows": rows}, indent=2).encode())
+    atomic_write_bytes(out_dir / "report.md", markdown(rows, settings).encode())
+    plot(rows, out_dir / "report.png")
+    print_table(rows)
+    return rows
+
+
+COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("size_bytes", "size MB", "{:.1f}"), ("parameters", "params M", "{:.1f}"),
+           ("sparsity", "sparsity", "{:.1%}"), ("perplexity", "perplexity", "{:.2f}"), ("task_exact_match", "task EM", "{:.1f}"),
+           ("task_token_f1", "task F1", "{:.1f}"), ("decode_tokens_per_second", "decode tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if key not in row:
+        return "-"
+    value = row[key] / 1e6 if key in ("size_bytes", "parameters") else row[key]
+    return fmt.format(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    from enclave.ui import console
+
+    table = Table(title="Compression report (this machine)")
+    for _, title, _ in COLUMNS:
+        table.add_column(title, justify="left" if title in ("artifact", "kind") else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*[_cell(row, k, f) for k, _, f in COLUMNS])
+    console().print(table)
+
+
+def markdown(rows: list[dict], settings: EvalSettings) -> str:
+    lines = [f"# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
+             "tune test split; speed: transformers fp32 greedy, 128-token prompt, 64 new tokens.", "",
+             "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
+    lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in rows:
+        ax.scatter(r["size_bytes"] / 1e6, r["perplexity"])
+        ax.annotate(r["name"], (r["size_bytes"] / 1e6, r["perplexity"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_title("Compression trade-off")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pytest
+
+from enclave.config import load_config
+from compress.config import CompressRecipe
+
+RECIPES = sorted((Path(__file__).parents[2] / "compress" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates_and_says_how_to_run_it(path):
+    load_config(CompressRecipe, path)
+    assert path.read_text().splitlines()[0] == f"# enclave compress --recipe {path.relative_to(path.parents[2])}"
+
+
+def test_unknown_step_and_key_are_named(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("steps:\n  - step: quantise\n  - step: prune\n    sparsity: 2\n    algoritm: wanda\n")
+    from enclave.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(CompressRecipe, bad)
+    text = str(info.value)
+    assert "steps.0" in text and "quantise" in text
+    assert "steps.1.prune.sparsity: Input should be less than 1" in text and "steps.1.prune.algoritm: unknown key" in text
