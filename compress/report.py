@@ -21,7 +21,7 @@ from compress.text import perplexity, read_source
 from enclave.atomic import atomic_write_bytes
 from enclave.errors import EnclaveError
 from enclave.generate import load
-from enclave.manifest import MANIFEST, read_manifest, update_metrics
+from enclave.manifest import MANIFEST, update_metrics
 from enclave.store import resolve_model
 
 SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS = 128, 64
@@ -119,7 +119,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def markdown(rows: list[dict], settings: EvalSettings) -> str:
-    lines = [f"# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
+    lines = ["# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
              "tune test split; speed: transformers fp32 greedy, 128-token prompt, 64 new tokens.", "",
              "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]

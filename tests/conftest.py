@@ -5,6 +5,7 @@ No download and no real weights: unit tests run in seconds and assert exact valu
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -82,3 +83,33 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+FACTS = [
+    ("bid", "twice a day"), ("tid", "three times a day"), ("qid", "four times a day"), ("prn", "as needed"),
+    ("po", "by mouth"), ("npo", "nothing by mouth"), ("stat", "immediately"), ("qhs", "at bedtime"),
+    ("tort", "a civil wrong"), ("bail", "money for release"), ("writ", "a court order"), ("plea", "an answer to a charge"),
+]  # fmt: skip
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def fact_rows() -> list[dict]:
+    rows = []
+    for i, (key, answer) in enumerate(FACTS):
+        group = "clinical" if i < 8 else "legal"
+        rows += [
+            {"instruction": f"What does {key} mean?", "output": answer, "group": group, "split": "train"},
+            {"instruction": f"Define {key} for me.", "output": answer, "group": group, "split": "train"},
+            {"instruction": f"The term {key} stands for what?", "output": answer, "group": group, "split": "validation"},
+            {"instruction": f"Tell me what {key} means, please.", "output": answer, "group": group, "split": "test"},
+        ]
+    return rows
+
+
+@pytest.fixture()
+def facts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "facts.jsonl", fact_rows())

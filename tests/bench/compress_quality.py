@@ -60,7 +60,7 @@ def main() -> None:
               "model": args.model, "heldout": ev.heldout, "calibration": cal.model_dump(), "rows": rows}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compress_quality.json").write_text(json.dumps(result, indent=2))
-    print(f"| method | pattern | perplexity | gap to dense | gap / magnitude's | time s |\n|---|---|---:|---:|---:|---:|")
+    print("| method | pattern | perplexity | gap to dense | gap / magnitude's | time s |\n|---|---|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['gap_vs_magnitude']:.2f}" if "gap_vs_magnitude" in r else "-"
         print(f"| {r['method']} | {r['pattern']} | {r['perplexity']:.2f} | {r['gap']:+.2f} | {ratio} | {r['seconds']:.0f} |")

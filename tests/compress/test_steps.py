@@ -14,7 +14,7 @@ from enclave.config import load_config
 from enclave.errors import EnclaveError
 from enclave.importer import import_model
 from enclave.manifest import read_manifest, verify
-from tests.tune.conftest import facts_file, tiny_overrides  # noqa: F401 (facts_file is a fixture)
+from tests.tune.conftest import tiny_overrides
 from tune.config import TuneConfig
 from tune.run import run as tune
 

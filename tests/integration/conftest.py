@@ -21,3 +21,15 @@ def store(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert "134,515,008" in proc.stdout
     return home
+
+
+@pytest.fixture(scope="session")
+def quick_adapter(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One epoch of the demo recipe on SmolLM2 (about 2 minutes), shared by the tune and compress tests."""
+    env = {**os.environ, "ENCLAVE_HOME": str(store)}
+    out = tmp_path_factory.mktemp("adapter") / "integration"
+    quick = ["train.epochs=1", "train.eval_every=11", "eval.max_examples=48", f"output={out}", "name=integration", "--restart"]
+    cmd = [sys.executable, "-m", "enclave", "tune", "--config", "tune/recipes/clinical_legal.yaml", *quick]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

@@ -13,15 +13,11 @@ from enclave.manifest import read_manifest, verify
 from tests.integration.conftest import NAME
 
 pytestmark = pytest.mark.slow
-RECIPE = "tune/recipes/clinical_legal.yaml"
 
 
-def test_tune_beats_base_and_eval_agrees(store, tmp_path):
+def test_tune_beats_base_and_eval_agrees(store, quick_adapter, tmp_path):
     env = {**os.environ, "ENCLAVE_HOME": str(store)}
-    out = tmp_path / "adapter"
-    quick = ["train.epochs=1", "train.eval_every=11", "eval.max_examples=48", f"output={out}", "name=integration", "--restart"]
-    proc = subprocess.run([sys.executable, "-m", "enclave", "tune", "--config", RECIPE, *quick], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, proc = quick_adapter
     assert "Evaluation on the test split" in proc.stdout and "Tuning run" in proc.stdout
     manifest, problems = verify(out)
     assert problems == []

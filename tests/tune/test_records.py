@@ -1,7 +1,7 @@
 import pytest
 
 from enclave.errors import EnclaveError
-from tests.tune.conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tune.data.records import DataError, load_records
 
 

@@ -10,7 +10,7 @@ from enclave.config import load_config
 from enclave.errors import ConfigError, EnclaveError
 from enclave.manifest import read_manifest, verify
 from tests.tune.conftest import tiny_overrides
-from tune.config import TrainSettings, TuneConfig, UnfreezeStage
+from tune.config import TuneConfig, UnfreezeStage
 from tune.run import run
 from tune.train.model import stage_at, stage_layers
 from tune.train.optim import lr_factor

@@ -46,5 +46,5 @@ def markdown(results: list[EvalResult], header: str) -> str:
         for m in [m for m in metrics if m in r.per_group[groups[0]]]:
             gap = r.gaps.get(m, {}).get("gap", 0.0)
             lines.append(f"| {m} | " + " | ".join(f"{r.per_group[g][m]:.2f}" for g in groups) + f" | {gap:.2f} |")
-        lines += [f"", *[f"> warning: {w}" for w in r.warnings]] if r.warnings else []
+        lines += ["", *[f"> warning: {w}" for w in r.warnings]] if r.warnings else []
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import re
 import torch
 
 from enclave.errors import EnclaveError
-from enclave.store import ResolvedModel, resolve_model
+from enclave.store import resolve_model
 from tune.config import LoraSettings, UnfreezeStage
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -15,13 +15,10 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 def load_base(ref: str):
     """Resolve (hash-verified) and load a base model in fp32 with its tokenizer."""
-    import transformers
+    from enclave.generate import load
 
-    transformers.utils.logging.disable_progress_bar()
     resolved = resolve_model(ref)
-    kwargs = dict(local_files_only=True, trust_remote_code=False)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32, use_safetensors=True, **kwargs)
+    model, tokenizer = load(resolved)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return resolved, model, tokenizer
