@@ -56,9 +56,10 @@ def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: b
                 m.weight.copy_(new)
 
         run_layerwise(model, batches, settings.skip, settings.algorithm == "sparsegpt", prune_layer, f"prune ({settings.algorithm})")
-    per_layer = {n: float((m.weight == 0).float().mean()) for n, m in prunable(model, settings.skip).items()}
-    zeros = sum(int((m.weight == 0).sum()) for m in prunable(model, settings.skip).values())
-    total = sum(m.weight.numel() for m in prunable(model, settings.skip).values())
+    layers = prunable(model, settings.skip)
+    per_layer = {n: float((m.weight == 0).float().mean()) for n, m in layers.items()}
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    total = sum(m.weight.numel() for m in layers.values())
     log.info("pruned %s of %s prunable weights (%.1f%%)", f"{zeros:,}", f"{total:,}", 100 * zeros / total)
     with create_artifact(out, "pruned", name, parents=lineage(resolved, "source"), settings=settings.model_dump(mode="json"), overwrite=overwrite) as draft:
         save_checkpoint(model, tokenizer, draft.path)

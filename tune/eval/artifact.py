@@ -21,8 +21,9 @@ def load_for_eval(ref: str, adapter: str | None = None):
     from tune.train.model import load_base
 
     path = Path(ref).expanduser()
-    if (path / MANIFEST).is_file() and read_manifest(path).kind == "adapter":
-        adapter, ref = str(path), read_manifest(path).settings["base_model"]["ref"]
+    manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
+    if manifest is not None and manifest.kind == "adapter":
+        adapter, ref = str(path), manifest.settings["base_model"]["ref"]
     resolved, model, tokenizer = load_base(ref)
     if adapter is None:
         return model, tokenizer, resolved.path.name, resolved.path if resolved.manifest else None

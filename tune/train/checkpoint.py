@@ -16,12 +16,25 @@ from safetensors.torch import load_file, save_file
 from enclave.atomic import TMP_MARK, atomic_dir
 
 
+def save_weights(params: dict[str, torch.nn.Parameter], path: Path) -> None:
+    """The trainable tensors as one safetensors file."""
+    save_file({n: p.detach().contiguous() for n, p in params.items()}, path)
+
+
+def load_weights(params: dict[str, torch.nn.Parameter], path: Path) -> None:
+    """Copy a file written by ``save_weights`` into the live parameters."""
+    weights = load_file(path)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+
+
 def save(run_dir: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer, scheduler, state: dict, keep: int, rank: int = 0) -> None:
     """Write ``checkpoints/step-N``; rank 0 writes weights and state, every rank its RNG."""
     final = run_dir / "checkpoints" / f"step-{step:07d}"
     if rank == 0:
         with atomic_dir(final, overwrite=True) as tmp:
-            save_file({n: p.detach().contiguous() for n, p in params.items()}, tmp / "adapter.safetensors")
+            save_weights(params, tmp / "adapter.safetensors")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps(state))
             _save_rng(tmp / "rng-rank0.pt")
@@ -50,10 +63,7 @@ def latest(run_dir: Path) -> Path | None:
 
 def load(path: Path, params: dict[str, torch.nn.Parameter], optimizer, scheduler, rank: int = 0) -> dict:
     """Restore a checkpoint into the live objects; returns the loop state."""
-    weights = load_file(path / "adapter.safetensors")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name])
+    load_weights(params, path / "adapter.safetensors")
     opt = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])

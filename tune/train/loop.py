@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from enclave.atomic import atomic_dir
 from tune.config import TrainSettings
@@ -168,7 +167,7 @@ def _evaluate(model, val_set, pad_id, cfg, state, params, run_dir, ranks) -> boo
         state.update(best_val=val, best_step=state["step"], bad_evals=0)
         if ranks.main:
             with atomic_dir(run_dir / "best", overwrite=True) as tmp:
-                save_file({n: p.detach().contiguous() for n, p in params.items()}, tmp / "adapter.safetensors")
+                checkpoint.save_weights(params, tmp / "adapter.safetensors")
     else:
         state["bad_evals"] += 1
     distributed.barrier(ranks)
@@ -179,7 +178,4 @@ def _load_best(run_dir: Path, params, state) -> None:
     best = run_dir / "best" / "adapter.safetensors"
     if not best.is_file() or state["best_step"] == 0:
         return
-    weights = load_file(best)
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name])
+    checkpoint.load_weights(params, best)
