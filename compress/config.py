@@ -14,8 +14,9 @@ HELDOUT = "builtin:heldout_apache2"
 class Calibration(StrictConfig):
     """Text the data-aware methods (Wanda, SparseGPT) look at."""
 
-    source: str = "builtin:clinical_legal"
-    """A JSONL data set (instruction/output or messages), a .txt file, or builtin:NAME."""
+    source: str | list[str] = "builtin:clinical_legal"
+    """A JSONL data set (instruction/output or messages), a .txt file, or builtin:NAME; or a list of
+    them, joined in order (builtin texts: clinical_legal, psf_license, legal_texts)."""
     samples: int = Field(32, ge=1)
     """How many sequences of seq_len tokens."""
     seq_len: int = Field(256, ge=16)
@@ -76,7 +77,64 @@ class DistilSettings(StrictConfig):
     """Seed for the data order."""
 
 
-StepSettings = Annotated[MergeSettings | PruneSettings | DistilSettings, Field(discriminator="step")]
+class QuantizeSettings(StrictConfig):
+    """Weight-only quantization with GPTQModel: GPTQ (with calibration) or round-to-nearest."""
+
+    step: Literal["quantize"] = "quantize"
+    method: Literal["gptq", "rtn"] = "gptq"
+    """gptq (second-order error compensation, needs calibration) or rtn (round-to-nearest, the baseline)."""
+    bits: Literal[2, 3, 4, 8] = 4
+    """Bits per weight."""
+    group_size: int = Field(64, ge=-1)
+    """Weights sharing one scale along the input dimension; must divide every layer's input width
+    (SmolLM2: 576 and 1536, so 32 or 64, not 128); -1 is one scale per output row."""
+    sym: bool = True
+    """Symmetric quantization (no zero point); vLLM's CPU and Marlin kernels want true."""
+    act_order: bool = False
+    """Quantize columns in order of decreasing activation size (GPTQ desc_act); slower kernels."""
+    group_aware: bool = True
+    """GPTQModel's group-aware reordering (act order without its runtime cost); off with act_order."""
+    damping: float = Field(0.05, gt=0.0, lt=1.0)
+    """Share of the mean Hessian diagonal added for numerical stability (GPTQ damp_percent)."""
+    clip_search: float = Field(2.4, ge=0.0)
+    """GPTQ: search each group's scale for the least error in this norm (the reference GPTQ code's
+    mse option; 2.4 there); 0 uses plain min/max scales."""
+    calibration: Calibration = Calibration(source=["builtin:clinical_legal", "builtin:psf_license", "builtin:legal_texts"], samples=128)
+    """Calibration text (not used by rtn): by default the tuning data and legal prose, 128 x 256 tokens."""
+    batch_size: int = Field(4, ge=1)
+    """Calibration sequences per forward pass."""
+
+
+class ExportSettings(StrictConfig):
+    """Write a serving artifact: ONNX with KV cache (ONNX Runtime GenAI) or a vLLM directory."""
+
+    step: Literal["export"] = "export"
+    format: Literal["onnx", "vllm"] = "onnx"
+    """onnx (ONNX Runtime, runs on any CPU) or vllm (HF layout with quantization_config, adapters beside it)."""
+    precision: Literal["fp32", "int8", "int4"] = "fp32"
+    """ONNX weights: fp32, or int8/int4 MatMulNBits (weight-only, activations quantized on the fly
+    at accuracy_level 4). A GPTQ input keeps its own 4-bit weights and needs int4."""
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    """ONNX int8/int4: weights sharing one scale (ignored for a GPTQ input, which keeps its group size)."""
+    int4_method: Literal["k_quant", "rtn"] = "k_quant"
+    """ONNX int4: how the builder quantizes weights not already quantized by GPTQ (k_quant: llama.cpp's
+    k-quants; rtn: round-to-nearest)."""
+    lm_head_int8: bool = True
+    """ONNX int4: keep the output layer, the largest and most sensitive matrix, at 8 bits
+    (on the demo model: held-out perplexity 49.1 with it at 4 bits, 43.0 at 8, for 15 MB)."""
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    """ONNX int8/int4: compute type of MatMulNBits (4: int8 activations, fastest on VNNI CPUs; 0: unset)."""
+    check_tokens: int = Field(32, ge=1)
+    """Greedy tokens compared with PyTorch on each sample prompt (fp32 must match exactly)."""
+    adapters: list[str] = []
+    """vllm: LoRA adapters (paths or names in $ENCLAVE_HOME/adapters; repeat --adapters) copied beside the model; their base
+    must be the exported model or one it was quantized or pruned from, not merged into."""
+    vllm_python: str | None = None
+    """vllm: a Python with vLLM installed, used to load the directory and generate (default:
+    $ENCLAVE_VLLM_PYTHON, else .venv-vllm/bin/python if present; without one the check is skipped)."""
+
+
+StepSettings = Annotated[MergeSettings | PruneSettings | DistilSettings | QuantizeSettings | ExportSettings, Field(discriminator="step")]
 
 
 class EvalSettings(StrictConfig):
@@ -92,7 +150,7 @@ class CompressRecipe(StrictConfig):
     """A chain of steps, each reading the previous artifact."""
 
     name: str = Field("compressed", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
-    """Prefix of the artifact names; artifacts go to $ENCLAVE_HOME/artifacts/NAME-STEP unless output_dir is set."""
+    """Prefix of the artifact names; artifacts go to $ENCLAVE_HOME/artifacts/NAME-STEP (exports: NAME-onnx, NAME-vllm) unless output_dir is set."""
     model: str = "smollm2-135m-instruct"
     """The starting model: a store name or a checkpoint path."""
     output_dir: str | None = None

@@ -32,3 +32,18 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
     for p in path.iterdir():
         p.chmod(0o644)
+
+
+def logical_parameters(model) -> int:
+    """Parameters as the unquantized model counts them (a GPTQ layer holds in x out packed weights)."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if hasattr(module, "qweight") and hasattr(module, "in_features"):
+            bias = getattr(module, "bias", None)
+            total += module.in_features * module.out_features + (bias.numel() if bias is not None else 0)
+            continue
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total

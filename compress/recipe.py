@@ -19,17 +19,22 @@ def artifacts_dir(recipe: CompressRecipe) -> Path:
 
 
 def run_recipe(recipe: CompressRecipe, measure: bool = True) -> list[Path]:
-    """Run every step; return the artifact paths (the report goes next to them)."""
+    """Run every step; return the artifact paths (the report goes next to them).
+
+    Each step reads the artifact of the step before it, except that exports are leaves: a step
+    after an export reads what the export read, so one recipe can write ONNX and vLLM artifacts.
+    """
     root = artifacts_dir(recipe)
     source, produced = recipe.model, []
-    names = [s.step for s in recipe.steps]
+    kinds = [s.format if s.step == "export" else s.step for s in recipe.steps]  # ...-merge, ...-onnx, ...-vllm
     for i, settings in enumerate(recipe.steps):
-        suffix = settings.step if names.count(settings.step) == 1 else f"{settings.step}{i + 1}"
+        suffix = kinds[i] if kinds.count(kinds[i]) == 1 else f"{kinds[i]}{i + 1}"
         name = f"{recipe.name}-{suffix}"
         log.info("step %d/%d: %s -> %s", i + 1, len(recipe.steps), settings.step, root / name)
         registry.get(settings.step).run(source, settings, root / name, name, recipe.overwrite)
         produced.append(root / name)
-        source = str(root / name)
+        if settings.step != "export":
+            source = str(root / name)
     if measure:
         report([recipe.model, *map(str, produced)], recipe.eval, root / f"{recipe.name}-report")
     return produced

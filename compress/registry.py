@@ -40,5 +40,7 @@ def get(name: str) -> Step:
 def _load_all() -> None:
     # Importing the step modules registers them; each imports torch only when it runs.
     import compress.distil.run  # noqa: F401
+    import compress.export.run  # noqa: F401
     import compress.merge.run  # noqa: F401
     import compress.prune.run  # noqa: F401
+    import compress.quantize.run  # noqa: F401

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from compress.config import EvalSettings
+from compress.io import logical_parameters
 from compress.text import perplexity, read_source
 from enclave.atomic import atomic_write_bytes
 from enclave.errors import EnclaveError
 from enclave.generate import load
-from enclave.manifest import MANIFEST, update_metrics
+from enclave.manifest import MANIFEST, read_manifest, require_valid, update_metrics
 from enclave.store import resolve_model
 
 SPEED_PROMPT_TOKENS, SPEED_NEW_TOKENS = 128, 64
@@ -55,21 +56,55 @@ def task_score(path: Path, data: str) -> dict:
         return json.loads(out.read_text())["metrics"]
 
 
+def _size(root: Path) -> int:
+    """Bytes on disk of the model files (adapters shipped beside a vLLM model not counted)."""
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != MANIFEST and "adapters" not in f.relative_to(root).parts)
+
+
+def measure_onnx(root: Path, settings: EvalSettings) -> dict:
+    """The report's columns for an ONNX artifact, run with onnxruntime (perplexity) and
+    onnxruntime-genai (speed); the task score needs `enclave eval`, which runs PyTorch models."""
+    from transformers import AutoTokenizer
+
+    from compress.export.ort import Generator, LogitsSession, genai_config, perplexity as ort_perplexity
+
+    manifest = require_valid(root)
+    tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    text = read_source(settings.heldout)
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    context = genai_config(root)["model"]["context_length"]  # the KV cache and rotary tables end there
+    gen = Generator(root)
+    prompt = ids[: min(SPEED_PROMPT_TOKENS, context // 2)]
+    gen.greedy(prompt, 4, stop_at_eos=False)  # warm-up
+    new, ttft, rest = gen.greedy(prompt, min(SPEED_NEW_TOKENS, context // 4), stop_at_eos=False)
+    return {
+        "artifact": str(root), "name": manifest.name, "kind": f"onnx {manifest.metrics.get('precision', '')}".strip(),
+        "engine": "ort-genai", "size_bytes": _size(root), "parameters": manifest.metrics.get("parameters"),
+        "perplexity": ort_perplexity(LogitsSession(root), ids[: settings.max_tokens + 1], window=min(512, context)),
+        "ttft_seconds": ttft, "decode_tokens_per_second": (len(new) - 1) / max(rest, 1e-9),
+    }  # fmt: skip
+
+
 def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     """Every column of the report for one artifact (or plain checkpoint)."""
+    root = Path(path).expanduser()
+    if (root / MANIFEST).is_file() and read_manifest(root).kind == "onnx":
+        return measure_onnx(root, settings)
     resolved = resolve_model(path)
     model, tokenizer = load(resolved)
-    # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned).
+    # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
+    # GPTQ layers hold packed integers, not nn.Linear weights, and are left out.
     linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    quantized = (resolved.path / "config.json").is_file() and "quantization_config" in (resolved.path / "config.json").read_text()
     row = {
         "artifact": str(resolved.path), "name": resolved.manifest.name if resolved.manifest else resolved.path.name,
-        "kind": resolved.manifest.kind if resolved.manifest else "checkpoint",
-        "size_bytes": sum(f.stat().st_size for f in resolved.path.rglob("*") if f.is_file() and f.name != MANIFEST),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "sparsity": sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears),
+        "kind": resolved.manifest.kind if resolved.manifest else "checkpoint", "engine": "torch" + (" gptqmodel" if quantized else ""),
+        "size_bytes": _size(resolved.path), "parameters": logical_parameters(model),
         "perplexity": perplexity(model, tokenizer, settings.heldout, settings.max_tokens),
         **speed(model, tokenizer, read_source(settings.heldout)),
     }  # fmt: skip
+    if linears:
+        row["sparsity"] = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     if task_data:
         scores = task_score(resolved.path, task_data)
         row.update(task_exact_match=scores["exact_match"], task_token_f1=scores["token_f1"])
@@ -93,13 +128,15 @@ def report(paths: list[str], settings: EvalSettings, out_dir: Path, task_data: s
     return rows
 
 
-COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("size_bytes", "size MB", "{:.1f}"), ("parameters", "params M", "{:.1f}"),
-           ("sparsity", "sparsity", "{:.1%}"), ("perplexity", "perplexity", "{:.2f}"), ("task_exact_match", "task EM", "{:.1f}"),
-           ("task_token_f1", "task F1", "{:.1f}"), ("decode_tokens_per_second", "decode tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
+COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("engine", "engine", "{}"), ("size_bytes", "MB", "{:.1f}"),
+           ("parameters", "params M", "{:.1f}"), ("sparsity", "sparsity", "{:.1%}"), ("perplexity", "perplexity", "{:.2f}"),
+           ("task_exact_match", "task EM", "{:.1f}"), ("task_token_f1", "task F1", "{:.1f}"),
+           ("decode_tokens_per_second", "tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
+TEXT_COLUMNS = ("artifact", "kind", "engine")
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
-    if key not in row:
+    if row.get(key) is None:
         return "-"
     value = row[key] / 1e6 if key in ("size_bytes", "parameters") else row[key]
     return fmt.format(value)
@@ -112,7 +149,7 @@ def print_table(rows: list[dict]) -> None:
 
     table = Table(title="Compression report (this machine)")
     for _, title, _ in COLUMNS:
-        table.add_column(title, justify="left" if title in ("artifact", "kind") else "right", overflow="fold")
+        table.add_column(title, justify="left" if title in TEXT_COLUMNS else "right", no_wrap=title != "engine", overflow="fold")
     for row in rows:
         table.add_row(*[_cell(row, k, f) for k, _, f in COLUMNS])
     console().print(table)
@@ -120,7 +157,8 @@ def print_table(rows: list[dict]) -> None:
 
 def markdown(rows: list[dict], settings: EvalSettings) -> str:
     lines = ["# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
-             "tune test split; speed: transformers fp32 greedy, 128-token prompt, 64 new tokens.", "",
+             "tune test split (PyTorch artifacts, through `enclave eval`); speed: greedy decoding with each artifact's engine, "
+             "128-token prompt, 64 new tokens, on this machine.", "",
              "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"

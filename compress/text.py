@@ -23,7 +23,7 @@ def read_source(source: str) -> str:
             candidate = resources.files(package) / folder / f"{name}{suffix}"
             if candidate.is_file():
                 return _from_file(Path(str(candidate)))
-        raise EnclaveError(f"no built-in text {name!r}", fix="use builtin:heldout_apache2, builtin:clinical_legal or a file path")
+        raise EnclaveError(f"no built-in text {name!r}", fix="use builtin:clinical_legal, builtin:psf_license, builtin:legal_texts, builtin:heldout_apache2 or a file path")
     path = Path(source).expanduser()
     if not path.is_file():
         raise EnclaveError(f"text source {source!r} is not a file", fix="give a .txt or .jsonl file, or builtin:NAME")
@@ -45,13 +45,17 @@ def _from_file(path: Path) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def calibration_batches(tokenizer, source: str, samples: int, seq_len: int) -> torch.Tensor:
+def calibration_batches(tokenizer, source: str | list[str], samples: int, seq_len: int) -> torch.Tensor:
     """``samples`` sequences of ``seq_len`` consecutive tokens, shape (samples, seq_len).
+
+    Args:
+        source: one text source (see ``read_source``) or several, joined in order.
 
     Raises:
         EnclaveError: the text is shorter than samples x seq_len tokens (says how much is needed).
     """
-    ids = tokenizer(read_source(source), add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
+    text = "\n".join(read_source(s) for s in ([source] if isinstance(source, str) else source))
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
     need = samples * seq_len
     if len(ids) < need:
         raise EnclaveError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -116,11 +116,17 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             continue
         default = field.default
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+        if len(choices) == 1:
+            continue  # a discriminator such as step: "prune"
+        numeric = bool(choices) and all(isinstance(c, int) and not isinstance(c, bool) for c in choices)
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=f"cfg__{name}",
             metavar="V",
             default=None,
+            type=int if numeric else None,  # Literal[2, 4, 8]: pydantic will not read "4" as 4
+            action="append" if get_origin(field.annotation) is list else "store",  # --adapters a --adapters b
             help=f"{field.description or ''} (default: {default!r})".replace("%", "%%"),  # argparse formats help with %
         )
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from pydantic import Field
 
 from enclave.config import StrictConfig
-from enclave.deps import require
+from enclave.deps import require, require_gptqmodel
 from enclave.errors import EnclaveError
+from enclave.log import quiet
 from enclave.manifest import require_valid
 from enclave.store import ResolvedModel, resolve_adapter
 
@@ -68,6 +69,10 @@ def load(model: ResolvedModel, adapter: str | None = None):
     transformers = require("transformers", "torch")
     transformers.utils.logging.disable_progress_bar()  # loading takes a second; no bar needed
     kwargs = dict(local_files_only=True, trust_remote_code=False)
+    if "quantization_config" in (model.path / "config.json").read_text():
+        # transformers runs GPTQ checkpoints through optimum and GPTQModel's kernels.
+        require_gptqmodel("loading a GPTQ checkpoint")
+        quiet("logbar")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model.path, **kwargs)
     lm = transformers.AutoModelForCausalLM.from_pretrained(
         model.path, dtype=torch.float32, use_safetensors=True, **kwargs

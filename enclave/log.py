@@ -45,6 +45,17 @@ def setup_logging(fmt: str = "text", debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("urllib3", "filelock", "httpx", "httpcore", "huggingface_hub", "transformers", "accelerate",
-                  "absl", "matplotlib", "optuna", "peft"):  # fmt: skip
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    for noisy in NOISY:
+        quiet(noisy)
+
+
+NOISY = ("urllib3", "filelock", "httpx", "httpcore", "huggingface_hub", "transformers", "accelerate",
+         "absl", "matplotlib", "optuna", "peft", "logbar", "gptqmodel", "tokenicer")  # fmt: skip
+
+
+def quiet(name: str) -> None:
+    """Keep a library's logger to warnings unless the root logger is at DEBUG.
+
+    Call it again after importing a library that sets its own level on import (GPTQModel's LogBar).
+    """
+    logging.getLogger(name).setLevel(logging.DEBUG if logging.getLogger().level <= logging.DEBUG else logging.WARNING)

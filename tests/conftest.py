@@ -44,14 +44,17 @@ def build_tokenizer():
     return fast
 
 
-def build_tiny_checkpoint(out: Path, seed: int = 0) -> Path:
-    """Save a 2-layer Llama (hidden 16) with random weights and the tiny tokenizer to ``out``."""
+def build_tiny_checkpoint(out: Path, seed: int = 0, hidden: int = 16) -> Path:
+    """Save a 2-layer Llama (hidden 16) with random weights and the tiny tokenizer to ``out``.
+
+    ``hidden=64`` gives every layer widths that GPTQ kernels accept (multiples of 32).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
@@ -67,6 +70,12 @@ def build_tiny_checkpoint(out: Path, seed: int = 0) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A plain HF checkpoint directory (no manifest). Treat it as read-only."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_wide_checkpoint(tmp_path_factory) -> Path:
+    """Like tiny_checkpoint, hidden size 64 (GPTQ kernels want widths that are multiples of 32)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide") / "tiny-wide", hidden=64)
 
 
 @pytest.fixture()

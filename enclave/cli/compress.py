@@ -1,12 +1,12 @@
-"""`enclave compress`: merge, prune (and more steps as they land), chained by a recipe, with a report."""
+"""`enclave compress`: merge, prune, distil, quantize and export, chained by a recipe, with a report."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "compress a model: run a recipe (the default), or one step (merge, prune, distil), or report on artifacts"
-ACTIONS = ("run", "merge", "prune", "distil", "report")
+HELP = "compress a model: run a recipe (the default), or one step (merge, prune, distil, quantize, export), or report on artifacts"
+ACTIONS = ("run", "merge", "prune", "distil", "quantize", "export", "report")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
   enclave compress --recipe compress/recipes/demo.yaml
@@ -14,11 +14,15 @@ EPILOG = """examples:
   enclave compress prune --model merged/ --algorithm sparsegpt --sparsity 0.5 --out pruned/
   enclave compress prune --model merged/ --algorithm wanda --pattern 2:4 --out pruned-24/
   enclave compress distil --model pruned/ --steps 40 --out distilled/          teacher: pruned/'s parent
+  enclave compress quantize --model merged/ --bits 4 --group-size 64 --out gptq/
+  enclave compress quantize --model merged/ --method rtn --group-size 64 --out rtn/     the baseline
+  enclave compress export --model gptq/ --format onnx --precision int4 --out onnx/
+  enclave compress export --model gptq/ --format vllm --adapters clinical-legal --out vllm/
   enclave compress report merged/ pruned/ --out report/"""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from compress.config import DistilSettings, MergeSettings, PruneSettings
+    from compress.config import DistilSettings, ExportSettings, MergeSettings, PruneSettings, QuantizeSettings
     from enclave.config import add_config_flags
 
     parser.epilog = EPILOG
@@ -31,7 +35,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
     for name, settings, helptext in (("merge", MergeSettings, "fold a LoRA adapter into its base (PEFT merge_and_unload)"),
                                      ("prune", PruneSettings, "magnitude, Wanda or SparseGPT pruning, unstructured or N:M"),
-                                     ("distil", DistilSettings, "knowledge distillation from a teacher (default: the input's parent)")):  # fmt: skip
+                                     ("distil", DistilSettings, "knowledge distillation from a teacher (default: the input's parent)"),
+                                     ("quantize", QuantizeSettings, "GPTQ or round-to-nearest weight quantization (GPTQModel), GPTQ format"),
+                                     ("export", ExportSettings, "ONNX (with KV cache, fp32/int8/int4) or a vLLM directory, checked after writing")):  # fmt: skip
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("--model", required=True, help="a store name, checkpoint path or artifact directory")
         p.add_argument("--out", type=Path, required=True, help="the artifact directory to write")

@@ -1,10 +1,14 @@
 """Compression quality bars, measured side by side in one run (results go to BENCHMARKS.md).
 
-Pruning: 50% unstructured and 2:4 with magnitude, Wanda and SparseGPT on the same model,
+prune: 50% unstructured and 2:4 with magnitude, Wanda and SparseGPT on the same model,
 calibration and held-out text; the bar is Wanda's or SparseGPT's perplexity gap at most one
 third of magnitude pruning's.
+quantize: 4-bit GPTQ against round-to-nearest at the same bits and group size (64 and 32); the
+bar is GPTQ's gap at most half of round-to-nearest's.
+export: the dense model, its fp32 and int4 ONNX exports, and the GPTQ model and its ONNX export,
+through `enclave compress report` (perplexity, size, decode speed, time to first token).
 
-Run: python -m tests.bench.compress_quality --model MODEL_OR_ARTIFACT [--out DIR]
+Run: python -m tests.bench.compress_quality [--suite prune|quantize|export|all] [--model M] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from pathlib import Path
 import torch
 
 from compress import registry
-from compress.config import Calibration, EvalSettings, PruneSettings
+from compress.config import Calibration, EvalSettings, ExportSettings, PruneSettings, QuantizeSettings
 from compress.io import open_model
+from compress.report import report
 from compress.text import perplexity
 
 
@@ -30,25 +35,66 @@ def held_out_ppl(path: str, ev: EvalSettings) -> float:
     return perplexity(model, tokenizer, ev.heldout, ev.max_tokens)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    ev = EvalSettings()
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def save(out: Path, name: str, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"date": date.today().isoformat(), "machine": machine(), **result}, indent=2))
+
+
+def timed_step(step: str, model: str, settings, path: Path, ev: EvalSettings) -> dict:
+    """Run one compress step into ``path``; its held-out perplexity and the seconds it took."""
+    t0 = time.perf_counter()
+    registry.get(step).run(model, settings, path, path.name)
+    seconds = time.perf_counter() - t0
+    return {"perplexity": held_out_ppl(str(path), ev), "seconds": seconds}
+
+
+def quantize_suite(model: str, ev: EvalSettings, out: Path) -> None:
+    """GPTQ vs round-to-nearest, 4 bits, groups of 64 and 32, the default calibration."""
+    dense = held_out_ppl(model, ev)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for group in (64, 32):
+            for method in ("rtn", "gptq"):
+                settings = QuantizeSettings(method=method, bits=4, group_size=group)
+                rows.append({"method": method, "group_size": group, **timed_step("quantize", model, settings, Path(tmp) / f"{method}-g{group}", ev)})
+    for r in rows:
+        r["gap"] = r["perplexity"] - dense
+        rtn = next(x["gap"] for x in rows if x["method"] == "rtn" and x["group_size"] == r["group_size"])
+        r["gap_vs_rtn"] = r["gap"] / rtn if rtn else float("nan")
+    save(out, "quantize_quality", {"model": model, "heldout": ev.heldout, "dense_perplexity": dense,
+                                   "calibration": QuantizeSettings().calibration.model_dump(), "rows": rows})  # fmt: skip
+    print(f"dense perplexity {dense:.2f}\n| method | bits | group | perplexity | gap to dense | gap / RTN's | time s |\n|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['method']} | 4 | {r['group_size']} | {r['perplexity']:.2f} | {r['gap']:+.2f} | {r['gap_vs_rtn']:.2f} | {r['seconds']:.0f} |")
+
+
+def export_suite(model: str, ev: EvalSettings, out: Path) -> None:
+    """PyTorch against ONNX Runtime on the same model, plain and GPTQ-quantized."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = [model]
+        for precision in ("fp32", "int8", "int4"):
+            paths.append(str(registry.get("export").run(model, ExportSettings(precision=precision), root / f"onnx-{precision}", f"onnx-{precision}")))
+        gptq = registry.get("quantize").run(model, QuantizeSettings(), root / "gptq-g64", "gptq-g64")
+        paths += [str(gptq), str(registry.get("export").run(str(gptq), ExportSettings(precision="int4"), root / "onnx-gptq", "onnx-gptq"))]
+        rows = report(paths, ev, out / "export-report", task_data=None)
+    save(out, "export_quality", {"model": model, "heldout": ev.heldout, "rows": rows})
+
+
+def prune_suite(model: str, ev: EvalSettings, out: Path) -> None:
     cal = Calibration(source="builtin:clinical_legal", samples=32, seq_len=256)
-    dense = held_out_ppl(args.model, ev)
+    dense = held_out_ppl(model, ev)
     rows = [{"method": "dense", "pattern": "-", "perplexity": dense, "seconds": 0.0}]
     with tempfile.TemporaryDirectory() as tmp:
         for pattern in ("unstructured", "2:4"):
             for algorithm in ("magnitude", "wanda", "sparsegpt"):
                 settings = PruneSettings(algorithm=algorithm, pattern=pattern, sparsity=0.5, calibration=cal)
-                out = Path(tmp) / f"{algorithm}-{pattern.replace(':', 'of')}"
-                t0 = time.perf_counter()
-                registry.get("prune").run(args.model, settings, out, out.name)
-                seconds = time.perf_counter() - t0
-                rows.append({"method": algorithm, "pattern": pattern, "perplexity": held_out_ppl(str(out), ev), "seconds": seconds})
+                path = Path(tmp) / f"{algorithm}-{pattern.replace(':', 'of')}"
+                rows.append({"method": algorithm, "pattern": pattern, **timed_step("prune", model, settings, path, ev)})
     for r in rows:
         r["gap"] = r["perplexity"] - dense
     for pattern in ("unstructured", "2:4"):
@@ -56,14 +102,25 @@ def main() -> None:
         for r in rows:
             if r["pattern"] == pattern:
                 r["gap_vs_magnitude"] = r["gap"] / mag if mag else float("nan")
-    result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-              "model": args.model, "heldout": ev.heldout, "calibration": cal.model_dump(), "rows": rows}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compress_quality.json").write_text(json.dumps(result, indent=2))
+    save(out, "prune_quality", {"model": model, "heldout": ev.heldout, "calibration": cal.model_dump(), "rows": rows})
     print("| method | pattern | perplexity | gap to dense | gap / magnitude's | time s |\n|---|---|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['gap_vs_magnitude']:.2f}" if "gap_vs_magnitude" in r else "-"
         print(f"| {r['method']} | {r['pattern']} | {r['perplexity']:.2f} | {r['gap']:+.2f} | {ratio} | {r['seconds']:.0f} |")
+
+
+SUITES = {"prune": prune_suite, "quantize": quantize_suite, "export": export_suite}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=[*SUITES, "all"], default="all")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    for name in SUITES if args.suite == "all" else [args.suite]:
+        print(f"\n## {name} ({args.model}, {machine()}, {date.today().isoformat()})")
+        SUITES[name](args.model, EvalSettings(), args.out)
 
 
 if __name__ == "__main__":

@@ -81,5 +81,5 @@ def test_recipe_chains_steps_and_reports(enclave_home, adapter, tmp_path):
 
 
 def test_unknown_step_lists_known():
-    with pytest.raises(EnclaveError, match="available: distil, merge, prune"):
+    with pytest.raises(EnclaveError, match="available: distil, export, merge, prune, quantize"):
         registry.get("quantise")

@@ -1,0 +1,1 @@
+"""Serving artifacts: ONNX with KV cache (ONNX Runtime GenAI) and vLLM directories."""

@@ -1,0 +1,82 @@
+"""The export step: write an ONNX or vLLM artifact, then check it against the PyTorch model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from compress.config import ExportSettings
+from compress.export import onnx_export as onnx
+from compress.export import vllm_export as vllm
+from compress.io import SAMPLE_PROMPTS, lineage, logical_parameters
+from compress.registry import register
+from enclave.errors import EnclaveError
+from enclave.generate import GenerateConfig, encode, load
+from enclave.manifest import create_artifact
+from enclave.store import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def reference_tokens(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """PyTorch greedy continuations (stopping at end of sequence), the export check's reference."""
+    out = []
+    for ids in prompts:
+        seq = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out.append(seq[0, len(ids) :].tolist())
+    return out
+
+
+@register("export", ExportSettings)
+def run(source: str, settings: ExportSettings, out: Path, name: str, overwrite: bool = False) -> Path:
+    """Write ``out`` (kind onnx or vllm) from a checkpoint or artifact, checked before it is sealed.
+
+    Raises:
+        EnclaveError: unsupported input or precision, a failed build, fp32 ONNX whose greedy
+            tokens differ from PyTorch's, an adapter for another base, or vLLM failing to load it.
+    """
+    resolved = resolve_model(source)
+    if resolved.manifest and resolved.manifest.kind in ("onnx", "vllm"):
+        raise EnclaveError(f"{source} is already an exported ({resolved.manifest.kind}) artifact", fix="export the checkpoint it came from")
+    qc = json.loads((resolved.path / "config.json").read_text()).get("quantization_config") or {}
+    if settings.format == "onnx":
+        onnx.check_precision(settings, qc.get("bits") if qc else None)
+    model, tokenizer = load(resolved)
+    prompts = [encode(tokenizer, p, GenerateConfig()) for p in SAMPLE_PROMPTS]
+    reference = reference_tokens(model, tokenizer, prompts, settings.check_tokens)
+    metrics = {"parameters": logical_parameters(model), "source_quantization": qc.get("quant_method")}
+    del model
+    settings_dump = settings.model_dump(mode="json")
+    with create_artifact(out, settings.format, name, parents=lineage(resolved, "source"), settings=settings_dump, overwrite=overwrite) as draft:
+        if settings.format == "onnx":
+            onnx.build(resolved.path, settings, qc.get("bits") if qc else None, draft.path)
+            onnx.check_graph(draft.path)
+            compared = onnx.compare_greedy(draft.path, reference, prompts, settings.check_tokens)
+            log.info("ONNX greedy tokens identical to PyTorch on %d of %d prompts", compared["greedy_identical_prompts"], len(prompts))
+            if settings.precision == "fp32" and not qc and compared["greedy_identical_prompts"] != len(prompts):
+                raise EnclaveError(f"fp32 ONNX greedy tokens differ from PyTorch's (first differences: {compared['greedy_first_difference']})",
+                                   fix="report this with the model's config.json; the artifact was not written")  # fmt: skip
+            metrics.update(compared, precision="int4" if qc else settings.precision, onnx_checker="passed")
+        else:
+            vllm.copy_model(resolved.path, draft.path)
+            vllm.check_config(draft.path)
+            metrics["adapters"] = vllm.add_adapters(settings.adapters, resolved.manifest, resolved.path, draft.path)
+            python = vllm.vllm_python(settings)
+            if python is None:
+                log.warning("no Python with vLLM found: the directory was not loaded by vLLM (make vllm-env, or set vllm_python)")
+                metrics["vllm_checked"] = False
+            else:
+                result = vllm.check_with_vllm(python, draft.path, metrics["adapters"], prompts, settings.check_tokens)
+                same = sum(a == b for a, b in zip(result["outputs"]["base"], reference))
+                log.info("vLLM %s loaded it in %.1f s; greedy tokens identical to PyTorch on %d of %d prompts",
+                         result["vllm_version"], result["load_seconds"], same, len(prompts))  # fmt: skip
+                metrics.update(vllm_checked=True, vllm_version=result["vllm_version"], vllm_dtype=result["dtype"],
+                               vllm_quantization=result["quantization"], greedy_identical_prompts=same, greedy_prompts=len(prompts),
+                               vllm_adapters_generated=sorted(k for k in result["outputs"] if k != "base"))  # fmt: skip
+        draft.metrics.update(metrics)
+    return out

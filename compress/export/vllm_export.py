@@ -1,0 +1,115 @@
+"""vLLM artifact directories: the HF layout vLLM loads, adapters beside it, checked by vLLM itself.
+
+vLLM reads ``config.json`` (with ``quantization_config`` for GPTQ checkpoints), the safetensors
+weights and the tokenizer; LoRA adapters go in ``adapters/NAME/`` (PEFT layout, with their
+manifest) for ``--enable-lora`` / ``LoRARequest``. vLLM's own pins (an older transformers) clash
+with ours, so the check runs ``vllm_check.py`` under a separate Python that has vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from compress.config import ExportSettings
+from enclave.checkpoint import SUPPORTED_MODEL_TYPES
+from enclave.errors import EnclaveError
+from enclave.manifest import MANIFEST, Manifest, read_manifest, require_valid
+from enclave.store import find_by_digest, resolve_adapter
+
+log = logging.getLogger(__name__)
+SKIP_FILES = {MANIFEST, "quant_log.csv", "README.md"}
+GPTQ_BITS = (2, 3, 4, 8)
+CHECK_SCRIPT = Path(__file__).with_name("vllm_check.py")
+
+
+def copy_model(source: Path, out: Path) -> None:
+    """The HF files of ``source`` (weights, configs, tokenizer), not its manifest or logs."""
+    for f in sorted(source.iterdir()):
+        if f.is_file() and f.name not in SKIP_FILES:
+            shutil.copyfile(f, out / f.name)
+
+
+def check_config(root: Path) -> dict:
+    """What vLLM needs from config.json; returns its quantization_config (or {})."""
+    config = json.loads((root / "config.json").read_text())
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise EnclaveError(f"model_type {config.get('model_type')!r} is not supported", fix=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    qc = config.get("quantization_config") or {}
+    if qc and (qc.get("quant_method") != "gptq" or qc.get("bits") not in GPTQ_BITS):
+        raise EnclaveError(f"quantization_config {qc.get('quant_method')}/{qc.get('bits')} bits is not a GPTQ config vLLM loads",
+                           fix="quantize with `enclave compress quantize` (GPTQ format)")  # fmt: skip
+    return qc
+
+
+def _ancestors(manifest: Manifest, near: Path) -> list[Manifest]:
+    """The artifact and its first parents, back to the base (stops at a missing parent)."""
+    chain, current = [manifest], manifest
+    while current.parents:
+        path = find_by_digest(current.parents[0].digest, near)
+        if path is None:
+            break
+        current = read_manifest(path)
+        chain.append(current)
+    return chain
+
+
+def check_adapter(adapter: Path, source_manifest: Manifest | None, source: Path) -> Manifest:
+    """Refuse an adapter whose base is not the exported model (or an unmerged ancestor of it)."""
+    manifest = require_valid(adapter)
+    if manifest.kind != "adapter":
+        raise EnclaveError(f"adapters: {adapter} is a {manifest.kind} artifact, not an adapter", fix="pass a directory made by `enclave tune`")
+    base = manifest.settings.get("base_model", {}).get("digest")
+    if source_manifest is None or base is None:
+        return manifest
+    chain = _ancestors(source_manifest, source)
+    for m in chain:
+        if m.digest == base:
+            return manifest
+        if m.kind == "merged":
+            break
+    raise EnclaveError(
+        f"adapter {manifest.name} was trained on base {base}, which is not {source} ({source_manifest.digest}) "
+        "or a model it was quantized or pruned from without merging",
+        fix="export the base the adapter was trained on (or a quantized copy of it), or drop the adapter",
+    )
+
+
+def add_adapters(refs: list[str], source_manifest: Manifest | None, source: Path, out: Path) -> list[str]:
+    names = []
+    for ref in refs:
+        path = resolve_adapter(ref)
+        manifest = check_adapter(path, source_manifest, source)
+        if manifest.name in names:
+            raise EnclaveError(f"adapters: two adapters named {manifest.name!r}", fix="list each adapter once")
+        shutil.copytree(path, out / "adapters" / manifest.name)
+        names.append(manifest.name)
+    return names
+
+
+def vllm_python(settings: ExportSettings) -> str | None:
+    """The interpreter that has vLLM: the setting, $ENCLAVE_VLLM_PYTHON, or ./.venv-vllm."""
+    for candidate in (settings.vllm_python, os.environ.get("ENCLAVE_VLLM_PYTHON"), ".venv-vllm/bin/python"):
+        if candidate and Path(candidate).expanduser().is_file():
+            return str(Path(candidate).expanduser())
+    if settings.vllm_python:
+        raise EnclaveError(f"vllm_python {settings.vllm_python!r} does not exist", fix="make vllm-env, or point vllm_python at a Python with vLLM")
+    return None
+
+
+def check_with_vllm(python: str, root: Path, adapters: list[str], prompts: list[list[int]], new_tokens: int) -> dict:
+    """Load the directory with vLLM and generate greedily from token ids (with each adapter too)."""
+    cmd = [python, str(CHECK_SCRIPT), str(root), "--new-tokens", str(new_tokens), "--prompts", json.dumps(prompts)]
+    cmd += [a for name in adapters for a in ("--adapter", name)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    log.info("loading %s with vLLM (%s)", root.name, python)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise EnclaveError(f"vLLM could not load {root}:\n{tail}", fix="see the error above; GPTQ group sizes must divide every layer width")
+    return json.loads(lines[-1])

@@ -1,0 +1,54 @@
+"""quantize and export on the real model: GPTQ vs round-to-nearest, ONNX checked against PyTorch,
+a vLLM directory loaded by vLLM (in its own environment, built by `make vllm-env`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from compress import registry
+from compress.config import Calibration, EvalSettings, ExportSettings, QuantizeSettings
+from compress.report import report
+from enclave.manifest import read_manifest, verify
+from tests.integration.conftest import NAME
+
+pytestmark = pytest.mark.slow
+CAL = Calibration(source="builtin:clinical_legal", samples=16, seq_len=256)
+
+
+@pytest.fixture(scope="module")
+def quantized(store, tmp_path_factory):
+    os.environ["ENCLAVE_HOME"] = str(store)
+    root = tmp_path_factory.mktemp("quantized")
+    return {m: registry.get("quantize").run(NAME, QuantizeSettings(method=m, group_size=64, calibration=CAL), root / m, m) for m in ("gptq", "rtn")}
+
+
+def test_gptq_beats_rtn_and_exports_to_onnx(quantized, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENCLAVE_HOME", str(store))
+    assert all(verify(p)[1] == [] for p in quantized.values())
+    fp32 = registry.get("export").run(NAME, ExportSettings(precision="fp32"), tmp_path / "onnx-fp32", "onnx-fp32")
+    assert read_manifest(fp32).metrics["greedy_identical_prompts"] == 3  # the step refuses anything else for fp32
+    int4 = registry.get("export").run(str(quantized["gptq"]), ExportSettings(precision="int4"), tmp_path / "onnx-gptq", "onnx-gptq")
+    rows = {r["name"]: r for r in report([NAME, str(quantized["gptq"]), str(quantized["rtn"]), str(fp32), str(int4)],
+                                         EvalSettings(max_tokens=1024), tmp_path / "report", task_data=None)}  # fmt: skip
+    dense = rows[NAME]["perplexity"]
+    assert rows["onnx-fp32"]["perplexity"] == pytest.approx(dense, rel=1e-3)
+    assert dense < rows["gptq"]["perplexity"] < rows["rtn"]["perplexity"]
+    assert rows["onnx-gptq"]["perplexity"] == pytest.approx(rows["gptq"]["perplexity"], rel=0.05)  # same weights, ORT kernels
+    assert rows["onnx-gptq"]["size_bytes"] < 0.35 * rows["onnx-fp32"]["size_bytes"]
+    assert (tmp_path / "report" / "report.png").is_file()
+
+
+def test_vllm_loads_the_gptq_directory_with_the_adapter(quantized, store, quick_adapter, tmp_path, monkeypatch):
+    python = os.environ.get("ENCLAVE_VLLM_PYTHON") or (".venv-vllm/bin/python" if Path(".venv-vllm/bin/python").is_file() else None)
+    if python is None:
+        pytest.skip("no vLLM environment: `make vllm-env` builds .venv-vllm (make test does)")
+    monkeypatch.setenv("ENCLAVE_HOME", str(store))
+    adapter, _ = quick_adapter
+    settings = ExportSettings(format="vllm", adapters=[str(adapter)], vllm_python=python, check_tokens=16)
+    out = registry.get("export").run(str(quantized["gptq"]), settings, tmp_path / "vllm", "vllm")
+    m = read_manifest(out)
+    assert m.metrics["vllm_checked"] and m.metrics["vllm_quantization"] in ("gptq", "auto_gptq", "gptq_marlin")
+    assert m.metrics["vllm_adapters_generated"] == ["integration"]
