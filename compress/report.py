@@ -53,7 +53,8 @@ def task_score(path: Path, data: str) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise EnclaveError(f"`enclave eval {path}` failed: {proc.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.read_text())["metrics"]
+        scores = json.loads(out.read_text())["metrics"]
+    return {"task_exact_match": scores["exact_match"], "task_token_f1": scores["token_f1"]}
 
 
 def _size(root: Path) -> int:
@@ -63,10 +64,10 @@ def _size(root: Path) -> int:
 
 def measure_onnx(root: Path, settings: EvalSettings) -> dict:
     """The report's columns for an ONNX artifact, run with onnxruntime (perplexity) and
-    onnxruntime-genai (speed); the task score needs `enclave eval`, which runs PyTorch models."""
+    onnxruntime-genai (speed)."""
     from transformers import AutoTokenizer
 
-    from compress.export.ort import Generator, LogitsSession, genai_config, perplexity as ort_perplexity
+    from enclave.ort import Generator, LogitsSession, genai_config, perplexity as ort_perplexity
 
     manifest = require_valid(root)
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
@@ -89,7 +90,8 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     """Every column of the report for one artifact (or plain checkpoint)."""
     root = Path(path).expanduser()
     if (root / MANIFEST).is_file() and read_manifest(root).kind == "onnx":
-        return measure_onnx(root, settings)
+        row = measure_onnx(root, settings)
+        return {**row, **task_score(root, task_data)} if task_data else row
     resolved = resolve_model(path)
     model, tokenizer = load(resolved)
     # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
@@ -106,8 +108,7 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     if linears:
         row["sparsity"] = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     if task_data:
-        scores = task_score(resolved.path, task_data)
-        row.update(task_exact_match=scores["exact_match"], task_token_f1=scores["token_f1"])
+        row.update(task_score(resolved.path, task_data))
     return row
 
 
@@ -133,6 +134,8 @@ COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("engine", "engin
            ("task_exact_match", "task EM", "{:.1f}"), ("task_token_f1", "task F1", "{:.1f}"),
            ("decode_tokens_per_second", "tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
 TEXT_COLUMNS = ("artifact", "kind", "engine")
+# The terminal table fits 120 columns: no engine column (report.md has it), shorter titles.
+SHORT_TITLES = {"perplexity": "ppl", "task EM": "EM", "task F1": "F1"}
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -147,17 +150,19 @@ def print_table(rows: list[dict]) -> None:
 
     from enclave.ui import console
 
-    table = Table(title="Compression report (this machine)")
-    for _, title, _ in COLUMNS:
-        table.add_column(title, justify="left" if title in TEXT_COLUMNS else "right", no_wrap=title != "engine", overflow="fold")
+    columns = [c for c in COLUMNS if c[0] != "engine"]
+    table = Table(title="Compression report (this machine; engines in report.md)")
+    for _, title, _ in columns:
+        table.add_column(SHORT_TITLES.get(title, title), justify="left" if title in TEXT_COLUMNS else "right", no_wrap=True,
+                         overflow="ellipsis", min_width=None if title in TEXT_COLUMNS else len(SHORT_TITLES.get(title, title)))  # fmt: skip
     for row in rows:
-        table.add_row(*[_cell(row, k, f) for k, _, f in COLUMNS])
+        table.add_row(*[_cell(row, k, f) for k, _, f in columns])
     console().print(table)
 
 
 def markdown(rows: list[dict], settings: EvalSettings) -> str:
     lines = ["# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
-             "tune test split (PyTorch artifacts, through `enclave eval`); speed: greedy decoding with each artifact's engine, "
+             "tune test split (through `enclave eval`, which runs ONNX artifacts with ONNX Runtime); speed: greedy decoding with each artifact's engine, "
              "128-token prompt, 64 new tokens, on this machine.", "",
              "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]

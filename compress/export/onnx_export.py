@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from compress.config import ExportSettings
-from compress.export.ort import MODEL_FILE, Generator
+from enclave.ort import MODEL_FILE, Generator
 from enclave.deps import require
 from enclave.errors import EnclaveError
 

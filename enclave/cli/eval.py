@@ -9,7 +9,7 @@ HELP = "evaluate a model or adapter: perplexity, exact match, token F1, BLEU, RO
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a store name or checkpoint path, or an adapter artifact (its base comes from its manifest)")
+    parser.add_argument("model", help="a store name or checkpoint path (GPTQ included), an ONNX artifact (run with ONNX Runtime), or an adapter artifact (its base comes from its manifest)")
     parser.add_argument("--adapter", help="an adapter artifact to apply on MODEL")
     parser.add_argument("--data", default="builtin:clinical_legal", help="data whose test split is scored (default builtin:clinical_legal)")
     parser.add_argument("--config", type=Path, help="a tune recipe whose data.* and eval.* settings apply")

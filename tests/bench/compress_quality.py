@@ -28,6 +28,7 @@ from compress.config import Calibration, EvalSettings, ExportSettings, PruneSett
 from compress.io import open_model
 from compress.report import report
 from compress.text import perplexity
+from enclave.manifest import read_manifest
 
 
 def held_out_ppl(path: str, ev: EvalSettings) -> float:
@@ -82,7 +83,14 @@ def export_suite(model: str, ev: EvalSettings, out: Path) -> None:
         gptq = registry.get("quantize").run(model, QuantizeSettings(), root / "gptq-g64", "gptq-g64")
         paths += [str(gptq), str(registry.get("export").run(str(gptq), ExportSettings(precision="int4"), root / "onnx-gptq", "onnx-gptq"))]
         rows = report(paths, ev, out / "export-report", task_data=None)
+        for row in rows:  # how often each export's greedy tokens equal PyTorch's, from its manifest
+            metrics = read_manifest(Path(row["artifact"])).metrics if row["kind"].startswith("onnx") else {}
+            row["greedy_identical"] = f"{metrics['greedy_identical_prompts']}/{metrics['greedy_prompts']}" if metrics else None
     save(out, "export_quality", {"model": model, "heldout": ev.heldout, "rows": rows})
+    print("| artifact | engine | MB | perplexity | greedy = PyTorch | decode tok/s | TTFT s |\n|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['engine']} | {r['size_bytes'] / 1e6:.1f} | {r['perplexity']:.2f} | {r['greedy_identical'] or '-'} | "
+              f"{r['decode_tokens_per_second']:.1f} | {r['ttft_seconds']:.3f} |")
 
 
 def prune_suite(model: str, ev: EvalSettings, out: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from compress import registry
 from compress.config import Calibration, ExportSettings, QuantizeSettings
-from compress.export.ort import LogitsSession, perplexity as ort_perplexity
+from enclave.ort import LogitsSession, perplexity as ort_perplexity
 from compress.text import perplexity, read_source
 from enclave.errors import EnclaveError
 from enclave.generate import load
@@ -113,3 +113,21 @@ def test_recipe_exports_are_leaves_and_the_report_times_onnx(enclave_home, tiny_
     assert rows[1]["perplexity"] == pytest.approx(rows[0]["perplexity"], rel=0.1)  # same 4-bit weights
     assert rows[1]["decode_tokens_per_second"] > 0 and rows[1]["parameters"] == rows[0]["parameters"]
     assert "sparsity" not in rows[0]  # packed GPTQ weights are not nn.Linear weights
+
+
+def test_enclave_eval_scores_an_onnx_artifact_like_its_source(onnx_fp32, tiny_wide_checkpoint, facts_file):
+    from tune.config import TuneConfig as Cfg
+    from tune.data.prepare import prepare
+    from tune.eval.artifact import load_for_eval
+    from tune.eval.run import evaluate
+    from enclave.config import load_config
+
+    cfg = load_config(Cfg, None, [f"data.path={facts_file}", "data.max_length=64"])
+    results = []
+    for ref in (str(tiny_wide_checkpoint), str(onnx_fp32)):
+        model, tokenizer, label, _ = load_for_eval(ref)
+        data = prepare(cfg.data, tokenizer, model.config.max_position_embeddings)
+        results.append(evaluate(model, tokenizer, data.records["test"], data.examples["test"], label, None, 6, 4, 100.0))
+    torch_result, onnx_result = results
+    assert onnx_result.metrics["perplexity"] == pytest.approx(torch_result.metrics["perplexity"], rel=1e-4)
+    assert onnx_result.metrics["token_f1"] == torch_result.metrics["token_f1"]

@@ -1,11 +1,13 @@
-"""Load what `enclave eval` evaluates: a base or full checkpoint, or an adapter on its base."""
+"""Load what `enclave eval` evaluates: a base or full checkpoint, an adapter on its base, or an
+ONNX artifact (run with ONNX Runtime)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from enclave.manifest import MANIFEST, read_manifest
+from enclave.errors import EnclaveError
+from enclave.manifest import MANIFEST, read_manifest, require_valid
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,14 @@ def load_for_eval(ref: str, adapter: str | None = None):
 
     path = Path(ref).expanduser()
     manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
+    if manifest is not None and manifest.kind == "onnx":
+        if adapter is not None:
+            raise EnclaveError(f"--adapter with the ONNX artifact {path}", fix="evaluate the ONNX export of the merged model instead")
+        from enclave.ort import load_onnx
+
+        require_valid(path)
+        model, tokenizer = load_onnx(path)
+        return model, tokenizer, manifest.name, path
     if manifest is not None and manifest.kind == "adapter":
         adapter, ref = str(path), manifest.settings["base_model"]["ref"]
     resolved, model, tokenizer = load_base(ref)
