@@ -131,7 +131,7 @@ class ExportSettings(StrictConfig):
     must be the exported model or one it was quantized or pruned from, not merged into."""
     vllm_python: str | None = None
     """vllm: a Python with vLLM installed, used to load the directory and generate (default:
-    $ENCLAVE_VLLM_PYTHON, else .venv-vllm/bin/python if present; without one the check is skipped)."""
+    $ENCLAVE_VLLM_PYTHON, which `make` sets to .venv-vllm's; without one the check is skipped)."""
 
 
 StepSettings = Annotated[MergeSettings | PruneSettings | DistilSettings | QuantizeSettings | ExportSettings, Field(discriminator="step")]

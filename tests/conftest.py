@@ -92,6 +92,12 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Unit tests never start vLLM (a minute or more); the integration test reads VLLM_PYTHON.
+    monkeypatch.delenv("ENCLAVE_VLLM_PYTHON", raising=False)
+
+
+# Where `make test` built vLLM's environment (read before the fixture above hides it).
+VLLM_PYTHON = os.environ.get("ENCLAVE_VLLM_PYTHON")
 
 
 FACTS = [

@@ -92,13 +92,18 @@ def add_adapters(refs: list[str], source_manifest: Manifest | None, source: Path
 
 
 def vllm_python(settings: ExportSettings) -> str | None:
-    """The interpreter that has vLLM: the setting, $ENCLAVE_VLLM_PYTHON, or ./.venv-vllm."""
-    for candidate in (settings.vllm_python, os.environ.get("ENCLAVE_VLLM_PYTHON"), ".venv-vllm/bin/python"):
-        if candidate and Path(candidate).expanduser().is_file():
-            return str(Path(candidate).expanduser())
-    if settings.vllm_python:
-        raise EnclaveError(f"vllm_python {settings.vllm_python!r} does not exist", fix="make vllm-env, or point vllm_python at a Python with vLLM")
-    return None
+    """The interpreter that has vLLM: the setting, else $ENCLAVE_VLLM_PYTHON (`make` sets it to .venv-vllm's).
+
+    Raises:
+        EnclaveError: the one named does not exist.
+    """
+    named, source = (settings.vllm_python, "vllm_python") if settings.vllm_python else (os.environ.get("ENCLAVE_VLLM_PYTHON"), "ENCLAVE_VLLM_PYTHON")
+    if not named:
+        return None
+    path = Path(named).expanduser()
+    if not path.is_file():
+        raise EnclaveError(f"{source} {named!r} does not exist", fix="make vllm-env, or point it at a Python with vLLM installed")
+    return str(path)
 
 
 def check_with_vllm(python: str, root: Path, adapters: list[str], prompts: list[list[int]], new_tokens: int) -> dict:

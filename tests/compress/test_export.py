@@ -73,9 +73,8 @@ def load_config_for(base, data):
     return load_config(TuneConfig, None, tiny_overrides(base, data, name="wide-lora"))
 
 
-def test_vllm_directory_with_adapter_beside_it(wide_adapter, enclave_home, tmp_path, monkeypatch):
-    monkeypatch.delenv("ENCLAVE_VLLM_PYTHON", raising=False)
-    monkeypatch.chdir(tmp_path)  # no .venv-vllm here: the vLLM load is skipped, and said so
+def test_vllm_directory_with_adapter_beside_it(wide_adapter, enclave_home, tmp_path):
+    # No ENCLAVE_VLLM_PYTHON in unit tests (tests/conftest.py): the vLLM load is skipped, and said so.
     out = registry.get("export").run("tiny-wide", ExportSettings(format="vllm", adapters=[str(wide_adapter)]), tmp_path / "v", "v")
     m, problems = verify(out)
     assert problems == [] and m.kind == "vllm" and m.metrics["vllm_checked"] is False
@@ -92,9 +91,12 @@ def test_vllm_refuses_an_adapter_for_another_base(wide_adapter, enclave_home, ti
     assert not (tmp_path / "v").exists()
 
 
-def test_vllm_python_that_does_not_exist_is_named(enclave_home, tiny_wide_checkpoint, tmp_path):
+def test_vllm_python_that_does_not_exist_is_named(enclave_home, tiny_wide_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(EnclaveError, match="vllm_python '/nowhere/python' does not exist"):
         registry.get("export").run(str(tiny_wide_checkpoint), ExportSettings(format="vllm", vllm_python="/nowhere/python"), tmp_path / "v", "v")
+    monkeypatch.setenv("ENCLAVE_VLLM_PYTHON", "/nowhere/else")
+    with pytest.raises(EnclaveError, match="ENCLAVE_VLLM_PYTHON '/nowhere/else' does not exist"):
+        registry.get("export").run(str(tiny_wide_checkpoint), ExportSettings(format="vllm"), tmp_path / "v", "v")
 
 
 def test_recipe_exports_are_leaves_and_the_report_times_onnx(enclave_home, tiny_wide_checkpoint, tmp_path):

@@ -12,6 +12,7 @@ from compress import registry
 from compress.config import Calibration, EvalSettings, ExportSettings, QuantizeSettings
 from compress.report import report
 from enclave.manifest import read_manifest, verify
+from tests.conftest import VLLM_PYTHON
 from tests.integration.conftest import NAME
 
 pytestmark = pytest.mark.slow
@@ -42,9 +43,9 @@ def test_gptq_beats_rtn_and_exports_to_onnx(quantized, store, tmp_path, monkeypa
 
 
 def test_vllm_loads_the_gptq_directory_with_the_adapter(quantized, store, quick_adapter, tmp_path, monkeypatch):
-    python = os.environ.get("ENCLAVE_VLLM_PYTHON") or (".venv-vllm/bin/python" if Path(".venv-vllm/bin/python").is_file() else None)
+    python = VLLM_PYTHON or (".venv-vllm/bin/python" if Path(".venv-vllm/bin/python").is_file() else None)
     if python is None:
-        pytest.skip("no vLLM environment: `make vllm-env` builds .venv-vllm (make test does)")
+        pytest.skip("no vLLM environment: `make vllm-env` builds .venv-vllm (make test does and sets ENCLAVE_VLLM_PYTHON)")
     monkeypatch.setenv("ENCLAVE_HOME", str(store))
     adapter, _ = quick_adapter
     settings = ExportSettings(format="vllm", adapters=[str(adapter)], vllm_python=python, check_tokens=16)
