@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 from types import ModuleType
 
@@ -42,6 +44,7 @@ def require_gptqmodel(why: str) -> ModuleType:
     """
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, os.cpu_count() or 1)))
     try:
-        return importlib.import_module("gptqmodel")
+        with contextlib.redirect_stdout(io.StringIO()):  # its import prints a banner and environment notes
+            return importlib.import_module("gptqmodel")
     except ImportError as exc:
         raise EnclaveError(f"{why} needs GPTQModel, which is not installed ({exc})", fix=GPTQMODEL_FIX) from None

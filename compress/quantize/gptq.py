@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 from compress.config import QuantizeSettings
 from enclave.deps import require, require_gptqmodel
 from enclave.log import quiet
 
+log = logging.getLogger(__name__)
 # Keys GPTQModel writes into the checkpoint that describe the quantizing machine, not the model.
 _MACHINE_KEYS = ("offload_to_disk_path", "offload_to_disk")
 
@@ -49,13 +52,32 @@ def quantize(source: Path, settings: QuantizeSettings, calibration: list[list[in
     gm = gptqmodel()
     source, out, scratch = source.resolve(), out.resolve(), scratch.resolve()
     # GPTQModel writes per-module logs to ./logs: keep them in the scratch directory, not the user's.
-    with contextlib.chdir(scratch):
+    with contextlib.chdir(scratch), _progress_on_terminals_only(scratch / "gptqmodel.out"):
         model = gm.GPTQModel.load(str(source), quantize_config(settings, scratch), device="cpu", dtype=torch.float32)
         data = None if calibration is None else [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration]
         model.quantize(data, batch_size=settings.batch_size)
         model.save(str(out))
     _clean(source, out)
     return _losses(out / "quant_log.csv")
+
+
+@contextlib.contextmanager
+def _progress_on_terminals_only(capture: Path):
+    """GPTQModel redraws progress bars in place; into a log file or a pipe they become megabytes of
+    text. Without a terminal its output goes to ``capture`` (shown if it fails) and a heartbeat
+    line is logged instead."""
+    if sys.stdout.isatty():
+        yield
+        return
+    log.info("GPTQModel is quantizing layer by layer (its progress bars show on a terminal; a few minutes on 2 cores)")
+    with open(capture, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            yield
+        except Exception:
+            fh.flush()
+            tail = capture.read_text(encoding="utf-8", errors="replace")[-2000:]
+            log.error("GPTQModel output before the failure:\n%s", tail)
+            raise
 
 
 def _clean(source: Path, out: Path) -> None:
