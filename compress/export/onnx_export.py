@@ -52,7 +52,8 @@ def build(source: Path, settings: ExportSettings, quant_bits: int | None, out: P
         extra.append(f"algo_config={settings.int4_method}")  # also the embeddings and lm_head of a GPTQ input
         if settings.lm_head_int8:
             extra.append("matmul_mixed_precision=last_matmul:int8")
-    with tempfile.TemporaryDirectory(prefix=".tmp-onnx-cache-", dir=out.parent) as cache:
+    # Named like the draft (".NAME.tmp-..."), so a rerun after kill -9 removes it with the draft.
+    with tempfile.TemporaryDirectory(prefix=f"{out.name}-cache-", dir=out.parent) as cache:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
                "-p", settings.precision, "-e", "cpu", "-c", cache, "--extra_options", *extra]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -67,7 +67,8 @@ def run(source: str, settings: QuantizeSettings, out: Path, name: str, overwrite
         calibration = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len).tolist()
     log.info("quantizing %s: %s %d-bit, group %d", resolved.path.name, settings.method, settings.bits, settings.group_size)
     with create_artifact(out, "quantized", name, parents=lineage(resolved, "source"), settings=settings.model_dump(mode="json"), overwrite=overwrite) as draft:
-        with tempfile.TemporaryDirectory(prefix=".tmp-offload-", dir=draft.path.parent) as scratch:
+        # Named like the draft (".NAME.tmp-..."), so a rerun after kill -9 removes it with the draft.
+        with tempfile.TemporaryDirectory(prefix=f"{draft.path.name}-offload-", dir=draft.path.parent) as scratch:
             losses = gptq.quantize(resolved.path, settings, calibration, draft.path, Path(scratch))
         draft.metrics.update(bits=settings.bits, group_size=settings.group_size, method=settings.method, quantized_layers=len(losses) or None,
                              quant_loss_per_layer=losses or None)  # fmt: skip

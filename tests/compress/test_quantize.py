@@ -80,3 +80,12 @@ def test_gptq_beats_round_to_nearest_on_calibration_like_text(quantized, tiny_wi
 def test_quantizing_twice_is_refused(quantized, tmp_path):
     with pytest.raises(EnclaveError, match="already quantized"):
         registry.get("quantize").run(str(quantized["gptq"]), QuantizeSettings(group_size=32, calibration=CAL), tmp_path / "q", "q")
+
+
+def test_a_rerun_after_kill_removes_the_killed_runs_scratch(tiny_wide_checkpoint, tmp_path):
+    # What kill -9 during quantization leaves: the draft and GPTQModel's offload directory beside it.
+    for stale in (".q.tmp-0123456789ab", ".q.tmp-0123456789ab-offload-x1y2"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "part").write_bytes(b"half written")
+    out = registry.get("quantize").run(str(tiny_wide_checkpoint), QuantizeSettings(method="rtn", group_size=32), tmp_path / "q", "q")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"] and verify(out)[1] == []
