@@ -20,6 +20,7 @@ from compress.config import EvalSettings
 from compress.io import logical_parameters
 from compress.text import perplexity, read_source
 from enclave.atomic import atomic_write_bytes
+from enclave.checkpoint import quantization_config
 from enclave.errors import EnclaveError
 from enclave.generate import load
 from enclave.manifest import MANIFEST, read_manifest, require_valid, update_metrics
@@ -97,7 +98,7 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
     # GPTQ layers hold packed integers, not nn.Linear weights, and are left out.
     linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
-    quantized = (resolved.path / "config.json").is_file() and "quantization_config" in (resolved.path / "config.json").read_text()
+    quantized = bool(quantization_config(resolved.path))
     row = {
         "artifact": str(resolved.path), "name": resolved.manifest.name if resolved.manifest else resolved.path.name,
         "kind": resolved.manifest.kind if resolved.manifest else "checkpoint", "engine": "torch" + (" gptqmodel" if quantized else ""),

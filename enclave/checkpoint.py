@@ -52,6 +52,12 @@ def safetensors_header(path: Path) -> dict:
         return json.loads(fh.read(length))
 
 
+def quantization_config(root: Path) -> dict:
+    """The checkpoint's ``quantization_config`` (GPTQ and the like), or {} for plain weights."""
+    config = Path(root) / "config.json"
+    return (json.loads(config.read_text()).get("quantization_config") or {}) if config.is_file() else {}
+
+
 def weight_files(root: Path) -> list[Path]:
     return sorted(Path(root).glob("*.safetensors"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from enclave.checkpoint import quantization_config
 from enclave.config import StrictConfig
 from enclave.deps import require, require_gptqmodel
 from enclave.errors import EnclaveError
@@ -69,7 +70,7 @@ def load(model: ResolvedModel, adapter: str | None = None):
     transformers = require("transformers", "torch")
     transformers.utils.logging.disable_progress_bar()  # loading takes a second; no bar needed
     kwargs = dict(local_files_only=True, trust_remote_code=False)
-    if "quantization_config" in (model.path / "config.json").read_text():
+    if quantization_config(model.path):
         # transformers runs GPTQ checkpoints through optimum and GPTQModel's kernels.
         require_gptqmodel("loading a GPTQ checkpoint")
         quiet("logbar")

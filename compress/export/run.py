@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from compress.export import onnx_export as onnx
 from compress.export import vllm_export as vllm
 from compress.io import SAMPLE_PROMPTS, lineage, logical_parameters
 from compress.registry import register
+from enclave.checkpoint import quantization_config
 from enclave.errors import EnclaveError
 from enclave.generate import GenerateConfig, encode, load
 from enclave.manifest import create_artifact
@@ -43,7 +43,7 @@ def run(source: str, settings: ExportSettings, out: Path, name: str, overwrite: 
     resolved = resolve_model(source)
     if resolved.manifest and resolved.manifest.kind in ("onnx", "vllm"):
         raise EnclaveError(f"{source} is already an exported ({resolved.manifest.kind}) artifact", fix="export the checkpoint it came from")
-    qc = json.loads((resolved.path / "config.json").read_text()).get("quantization_config") or {}
+    qc = quantization_config(resolved.path)
     if settings.format == "onnx":
         onnx.check_precision(settings, qc.get("bits") if qc else None)
     model, tokenizer = load(resolved)
