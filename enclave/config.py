@@ -113,8 +113,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
     """
     group = parser.add_argument_group(f"{cls.__name__} (also settable as key=value)")
     for name, field in cls.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            continue
+        if (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)) or get_origin(field.annotation) is dict:
+            continue  # nested: key=value overrides or the YAML file
         default = field.default
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
         if len(choices) == 1:

@@ -44,10 +44,12 @@ def build_tokenizer():
     return fast
 
 
-def build_tiny_checkpoint(out: Path, seed: int = 0, hidden: int = 16) -> Path:
+def build_tiny_checkpoint(out: Path, seed: int = 0, hidden: int = 16, init_std: float = 0.02) -> Path:
     """Save a 2-layer Llama (hidden 16) with random weights and the tiny tokenizer to ``out``.
 
     ``hidden=64`` gives every layer widths that GPTQ kernels accept (multiples of 32).
+    ``init_std`` around 1 gives a model whose greedy output varies from token to token (at 0.02 it
+    repeats one token), which tests of batching and sampling need.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -57,7 +59,7 @@ def build_tiny_checkpoint(out: Path, seed: int = 0, hidden: int = 16) -> Path:
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=init_std,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

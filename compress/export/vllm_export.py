@@ -18,8 +18,9 @@ from pathlib import Path
 from compress.config import ExportSettings
 from enclave.checkpoint import SUPPORTED_MODEL_TYPES
 from enclave.errors import EnclaveError
-from enclave.manifest import MANIFEST, Manifest, read_manifest, require_valid
-from enclave.store import find_by_digest, resolve_adapter
+from enclave.lineage import adapter_fits
+from enclave.manifest import MANIFEST, Manifest, require_valid
+from enclave.store import resolve_adapter
 
 log = logging.getLogger(__name__)
 SKIP_FILES = {MANIFEST, "quant_log.csv", "README.md"}
@@ -46,32 +47,14 @@ def check_config(root: Path) -> dict:
     return qc
 
 
-def _ancestors(manifest: Manifest, near: Path) -> list[Manifest]:
-    """The artifact and its first parents, back to the base (stops at a missing parent)."""
-    chain, current = [manifest], manifest
-    while current.parents:
-        path = find_by_digest(current.parents[0].digest, near)
-        if path is None:
-            break
-        current = read_manifest(path)
-        chain.append(current)
-    return chain
-
-
 def check_adapter(adapter: Path, source_manifest: Manifest | None, source: Path) -> Manifest:
     """Refuse an adapter whose base is not the exported model (or an unmerged ancestor of it)."""
     manifest = require_valid(adapter)
     if manifest.kind != "adapter":
         raise EnclaveError(f"adapters: {adapter} is a {manifest.kind} artifact, not an adapter", fix="pass a directory made by `enclave tune`")
-    base = manifest.settings.get("base_model", {}).get("digest")
-    if source_manifest is None or base is None:
+    if adapter_fits(manifest, source_manifest, source):
         return manifest
-    chain = _ancestors(source_manifest, source)
-    for m in chain:
-        if m.digest == base:
-            return manifest
-        if m.kind == "merged":
-            break
+    base = manifest.settings.get("base_model", {}).get("digest")
     raise EnclaveError(
         f"adapter {manifest.name} was trained on base {base}, which is not {source} ({source_manifest.digest}) "
         "or a model it was quantized or pruned from without merging",

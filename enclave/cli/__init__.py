@@ -24,6 +24,8 @@ COMMANDS = {
     "tune": "enclave.cli.tune",
     "eval": "enclave.cli.eval",
     "compress": "enclave.cli.compress",
+    "serve": "enclave.cli.serve",
+    "client": "enclave.cli.client",
 }
 
 

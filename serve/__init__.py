@@ -1,0 +1,1 @@
+"""serve: the gRPC server that runs Enclave's artifacts (`enclave serve`)."""

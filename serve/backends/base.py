@@ -1,0 +1,94 @@
+"""What the backends share: a request inside the server (Job), what it produces (Event), and the
+interface a step-by-step model offers the continuous-batching engine (StepModel, Batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings of one request, already validated."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Event:
+    """New tokens of a job; the last event has ``finish`` set ("stop", "length", "stop_sequence",
+    "context_limit") or ``error`` (an exception for the caller, e.g. deadline exceeded)."""
+
+    token_ids: list[int]
+    text: str = ""
+    finish: str | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class Job:
+    """One generation request inside the server. Events go to ``queue`` on ``loop``."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    adapter: str | None = None
+    deadline: float | None = None  # time.monotonic() after which the job is dropped
+    loop: asyncio.AbstractEventLoop | None = None
+    queue: asyncio.Queue | None = None
+    arrived: float = field(default_factory=time.monotonic)
+    started: float | None = None  # first model step
+    first_token: float | None = None
+    finished: float | None = None
+    generated: int = 0
+    cancelled: bool = False
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the caller's coroutine (thread-safe)."""
+        if event.finish or event.error:
+            self.finished = time.monotonic()
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+class Batch(Protocol):
+    """The KV caches of the sequences being decoded together, one row each."""
+
+    def add(self, row: Any) -> None:
+        """Append a prefilled sequence as the last row."""
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (finished and cancelled ones leave)."""
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        """Feed one token per row; returns the next-token logits, shape (rows, vocab)."""
+
+
+class StepModel(Protocol):
+    """A model the engine drives one step at a time (onnxruntime, torch)."""
+
+    backend: str
+    context_length: int
+
+    def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[np.ndarray, Any]:
+        """Run a prompt; returns its next-token logits (vocab,) and its row for ``Batch.add``."""
+
+    def new_batch(self) -> Batch:
+        """An empty batch; its rows may use different adapters."""
+
+    def load_adapter(self, name: str, path) -> None:
+        """Make an adapter available under ``name``."""
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter."""

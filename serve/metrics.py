@@ -1,0 +1,72 @@
+"""Prometheus metrics of the server, on their own HTTP port (`/metrics`).
+
+Names follow Prometheus conventions (``enclave_`` prefix, base units, ``_total`` counters) and
+vLLM's set (``vllm:time_to_first_token_seconds`` and family) for what to measure. Labels are
+model, adapter and code only: never a prompt, a token or a caller.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+                               start_http_server)  # fmt: skip
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+E2E = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TOKENS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric of one server, in its own registry (tests start several servers in one process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        ma, m = ("model", "adapter"), ("model",)
+        self.requests = Counter("enclave_requests", "Finished calls by gRPC status code", ("model", "adapter", "code"), registry=r)
+        self.ttft = Histogram("enclave_time_to_first_token_seconds", "Arrival to first generated token", ma, buckets=LATENCY, registry=r)
+        self.itl = Histogram("enclave_inter_token_latency_seconds", "Time between consecutive generated tokens", ma, buckets=LATENCY, registry=r)
+        self.e2e = Histogram("enclave_e2e_request_latency_seconds", "Arrival to the last token", ma, buckets=E2E, registry=r)
+        self.queue = Histogram("enclave_request_queue_time_seconds", "Arrival to the first model step", ma, buckets=LATENCY, registry=r)
+        self.prompt_tokens = Counter("enclave_prompt_tokens", "Prompt tokens processed", ma, registry=r)
+        self.generation_tokens = Counter("enclave_generation_tokens", "Tokens generated", ma, registry=r)
+        self.prompt_len = Histogram("enclave_request_prompt_tokens", "Prompt length per request (drift)", ma, buckets=TOKENS, registry=r)
+        self.output_len = Histogram("enclave_request_generation_tokens", "Generated length per request (drift)", ma, buckets=TOKENS, registry=r)
+        self.finished = Counter("enclave_request_finished", "Finished generations by reason (context_limit: the share that hit the context)",
+                                ("model", "adapter", "reason"), registry=r)  # fmt: skip
+        self.running = Gauge("enclave_num_requests_running", "Requests in the running batch", m, registry=r)
+        self.waiting = Gauge("enclave_num_requests_waiting", "Requests queued for a slot", m, registry=r)
+        self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
+        self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
+        self.load_time = Gauge("enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r)
+        self.info = Gauge("enclave_model_info", "1 for each model version being served", ("model", "version", "backend"), registry=r)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns its port (``port`` 0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.http = server
+        return server.server_port
+
+    def gauges(self, model: str) -> EngineGauges:
+        return EngineGauges(self, model)
+
+    def close(self) -> None:
+        if getattr(self, "http", None) is not None:
+            self.http.shutdown()
+            self.http.server_close()
+
+
+class EngineGauges:
+    """What an engine reports after each step."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.running, self.waiting = metrics.running.labels(model), metrics.waiting.labels(model)
+        self.slots, self.batch = metrics.slots.labels(model), metrics.batch.labels(model)
+
+    def update(self, running: int, waiting: int, max_batch: int, stepped: bool = False) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.slots.set(running / max_batch)
+        if stepped and running:
+            self.batch.observe(running)

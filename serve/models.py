@@ -1,0 +1,193 @@
+"""The models a running server holds: the active version of each, its adapters, and the swap
+to a newly activated version.
+
+New requests go to the active version; when `enclave serve activate` or `rollback` changes
+``active.json``, the watcher loads the new version, switches new requests to it, and lets the
+old one finish its in-flight requests before closing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enclave.errors import EnclaveError
+from enclave.lineage import adapter_fits
+from enclave.manifest import read_manifest
+from serve.backends import open_engine
+from serve.config import ServeConfig
+from serve.errors import FailedPrecondition, InvalidArgument, NotFound
+from serve.metrics import Metrics
+from serve.repository import Repository, Version
+from serve.tokenizer import ServeTokenizer
+
+log = logging.getLogger("enclave.serve")
+
+
+@dataclass
+class Served:
+    """One loaded model version."""
+
+    name: str
+    version: Version
+    tokenizer: ServeTokenizer
+    engine: object
+    load_seconds: float
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> digest
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+
+class Models:
+    """Loads, looks up and swaps the served models."""
+
+    def __init__(self, cfg: ServeConfig, metrics: Metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        self.repo = Repository(Path(cfg.repo))
+        self.active: dict[str, Served] = {}
+        self.retired: list[Served] = []
+        self.lock = asyncio.Lock()
+        self.default: str | None = None
+
+    async def start(self) -> None:
+        """Load the active version of every model in the repository, and the configured adapters."""
+        names = self.repo.models()
+        if not names:
+            raise EnclaveError(f"the model repository {self.repo.root} has no models", fix="add one with `enclave serve add ARTIFACT --name NAME`")
+        unknown = sorted(set(self.cfg.adapters) - set(names))
+        if unknown:
+            raise EnclaveError(f"adapters: no model {', '.join(unknown)} in {self.repo.root}", fix=f"use one of: {', '.join(names)}")
+        if self.cfg.default_model and self.cfg.default_model not in names:
+            raise EnclaveError(f"default_model: no model {self.cfg.default_model!r} in {self.repo.root}", fix=f"use one of: {', '.join(names)}")
+        for name in names:
+            self.active[name] = await self._open(name, self.repo.active(name))
+            for adapter in self.cfg.adapters.get(name, []):
+                await self.load_adapter(name, adapter)
+        self.default = self.cfg.default_model or names[0]
+
+    async def _open(self, name: str, version: Version) -> Served:
+        started = time.perf_counter()
+        log.info("loading model %s version %s (%s)", name, version.version, version.manifest.kind)
+        tokenizer = ServeTokenizer(version.path)
+        engine = await open_engine(version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name))
+        served = Served(name, version, tokenizer, engine, time.perf_counter() - started)
+        from serve.backends.vllm import bundled_adapters
+
+        for path in bundled_adapters(version.path) if engine.backend == "vllm" else []:
+            served.adapters[path.name] = read_manifest(path).digest
+        self.metrics.load_time.labels(name).set(served.load_seconds)
+        self.metrics.info.labels(name, version.version, engine.backend).set(1)
+        log.info("model %s version %s ready on %s in %.1f s (context %d)", name, version.version, engine.backend,
+                 served.load_seconds, served.context_length)  # fmt: skip
+        return served
+
+    # --- lookups (request path) ----------------------------------------------------------
+
+    def get(self, model: str, version: str = "") -> Served:
+        name = model or self.default
+        served = self.active.get(name)
+        if served is None:
+            raise NotFound(f"model: no model {model!r}; this server has: {', '.join(self.active)}")
+        if version and version != served.version.version:
+            known = [v.version for v in self.repo.versions(name)]
+            if version not in known:
+                raise NotFound(f"model_version: model {name!r} has no version {version!r}; it has: {', '.join(known)}")
+            raise FailedPrecondition(f"model_version: {name} version {version!r} exists but is not active (active: "
+                                     f"{served.version.version}); activate it with `enclave serve activate {name} {version}`")  # fmt: skip
+        return served
+
+    @staticmethod
+    def check_adapter(served: Served, adapter: str) -> None:
+        if adapter and adapter not in served.adapters:
+            raise NotFound(f"adapter: model {served.name!r} has no adapter {adapter!r} loaded; it has: "
+                           f"{', '.join(served.adapters) or 'none'} (load one with the Admin LoadAdapter rpc)")  # fmt: skip
+
+    # --- adapters (admin) ----------------------------------------------------------------
+
+    async def load_adapter(self, model: str, name: str) -> tuple[str, float]:
+        """Verify an adapter from REPO/adapters and load it on a model; returns (digest, seconds)."""
+        started = time.perf_counter()
+        served = self.get(model)
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidArgument(f"adapter: {name!r} is not an adapter name (a directory name in {self.repo.adapters_dir})")
+        async with self.lock:
+            if name in served.adapters:
+                return served.adapters[name], 0.0
+            try:
+                path = await asyncio.to_thread(self.repo.adapter, name)  # hash-verified
+            except EnclaveError as exc:
+                raise NotFound(f"adapter: {exc.message}") from None
+            manifest = read_manifest(path)
+            if not adapter_fits(manifest, served.version.manifest, served.version.path):
+                raise FailedPrecondition(f"adapter: {name} was trained on base {manifest.settings.get('base_model', {}).get('digest')}, "
+                                         f"not on model {served.name} ({served.version.manifest.digest}); load it on the model it was trained for")  # fmt: skip
+            try:
+                await served.engine.load_adapter(name, path)
+            except EnclaveError as exc:
+                raise FailedPrecondition(f"adapter: {exc.message}") from None
+            served.adapters[name] = manifest.digest
+        log.info("adapter %s loaded on %s in %.2f s", name, served.name, time.perf_counter() - started)
+        return manifest.digest, time.perf_counter() - started
+
+    async def unload_adapter(self, model: str, name: str) -> None:
+        served = self.get(model)
+        self.check_adapter(served, name)
+        async with self.lock:
+            digest = served.adapters.pop(name)  # new requests for it get NOT_FOUND from now on
+            try:
+                await served.engine.unload_adapter(name)  # after the requests already on it finish
+            except Exception:
+                served.adapters[name] = digest
+                raise
+        log.info("adapter %s unloaded from %s", name, served.name)
+
+    # --- versions ------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Poll active.json of every model and switch to a newly activated version."""
+        while True:
+            await asyncio.sleep(self.cfg.watch_seconds)
+            for name, served in list(self.active.items()):
+                try:
+                    wanted = self.repo.state(name)["active"]
+                    if wanted != served.version.version:
+                        await self.swap(name, self.repo.version(name, wanted))
+                except Exception:
+                    log.exception("model %s: could not switch versions; still serving %s", name, served.version.version)
+
+    async def swap(self, name: str, version: Version) -> None:
+        old = self.active[name]
+        new = await self._open(name, version)
+        for adapter in old.adapters:
+            path = self.repo.adapters_dir / adapter
+            if path.is_dir() and adapter_fits(read_manifest(path), version.manifest, version.path) and adapter not in new.adapters:
+                await new.engine.load_adapter(adapter, path)
+                new.adapters[adapter] = old.adapters[adapter]
+        self.active[name] = new  # new requests go to the new version from here
+        self.metrics.info.labels(name, old.version.version, old.backend).set(0)
+        log.info("model %s: version %s is active (was %s); the old one finishes its requests", name, version.version, old.version.version)
+        self.retired.append(old)
+        asyncio.get_running_loop().create_task(self._retire(old))
+
+    async def _retire(self, old: Served) -> None:
+        while old.engine.load():
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(old.engine.close)
+        self.retired.remove(old)
+        log.info("model %s version %s closed", old.name, old.version.version)
+
+    def busy(self) -> int:
+        return sum(s.engine.load() for s in [*self.active.values(), *self.retired])
+
+    async def close(self) -> None:
+        for served in [*self.active.values(), *self.retired]:
+            await asyncio.to_thread(served.engine.close)

@@ -1,0 +1,79 @@
+"""Checking a GenerateRequest or TokenizeRequest field by field, before any model work.
+
+Every problem names the field as the .proto spells it, the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+from enclave.v1 import inference_pb2 as pb
+from serve.backends.base import Sampling
+from serve.config import LimitSettings
+from serve.errors import InvalidArgument, ResourceExhausted
+
+ROLES = ("system", "user", "assistant")
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+
+
+def request_id(value: str) -> str:
+    if not value:
+        return uuid.uuid4().hex
+    if len(value) > 128 or not value.isprintable():
+        raise InvalidArgument(f"request_id: at most 128 printable characters (got {len(value)} characters)")
+    return value
+
+
+def messages(chat: pb.Chat) -> list[dict[str, str]]:
+    if not chat.messages:
+        raise InvalidArgument("chat.messages: empty; send at least one message")
+    out = []
+    for i, m in enumerate(chat.messages):
+        if m.role not in ROLES:
+            raise InvalidArgument(f"chat.messages[{i}].role: {m.role!r} is not one of {', '.join(ROLES)}")
+        out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def prompt_ids(request, tokenizer, text_field: str = "prompt") -> list[int]:
+    """Token ids of the request's input (raw text, or chat through the template)."""
+    which = request.WhichOneof("input")
+    if which is None:
+        raise InvalidArgument(f"input: set `{text_field}` (text) or `chat` (messages)")
+    if which == "chat":
+        return tokenizer.apply_chat(messages(request.chat))
+    text = getattr(request, text_field)
+    if not text:
+        raise InvalidArgument(f"{text_field}: empty; send some text")
+    return tokenizer.encode(text)
+
+
+def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
+    max_tokens = p.max_tokens or limits.default_new_tokens
+    if max_tokens > limits.max_new_tokens:
+        raise ResourceExhausted(f"sampling.max_tokens: {max_tokens} is over this server's limit of {limits.max_new_tokens} (limits.max_new_tokens)")
+    temperature = p.temperature if p.HasField("temperature") else 0.0
+    if not (0.0 <= temperature <= 100.0) or math.isnan(temperature):
+        raise InvalidArgument(f"sampling.temperature: {temperature} is outside 0 to 100 (0 is greedy)")
+    top_p = p.top_p if p.HasField("top_p") else 1.0
+    if not (0.0 < top_p <= 1.0):
+        raise InvalidArgument(f"sampling.top_p: {top_p} is outside (0, 1]; 1 turns it off")
+    penalty = p.repetition_penalty if p.HasField("repetition_penalty") else 1.0
+    if not penalty > 0 or math.isinf(penalty):
+        raise InvalidArgument(f"sampling.repetition_penalty: {penalty} must be a number above 0 (1 turns it off)")
+    if len(p.stop) > MAX_STOP:
+        raise InvalidArgument(f"sampling.stop: {len(p.stop)} strings; at most {MAX_STOP}")
+    for i, s in enumerate(p.stop):
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise InvalidArgument(f"sampling.stop[{i}]: must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
+    return Sampling(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=int(p.top_k),
+                    repetition_penalty=float(penalty), stop=tuple(p.stop), seed=p.seed if p.HasField("seed") else None)  # fmt: skip
+
+
+def check_prompt(ids: list[int], context_length: int, limits: LimitSettings) -> None:
+    if len(ids) > limits.max_prompt_tokens:
+        raise ResourceExhausted(f"prompt: {len(ids)} tokens is over this server's limit of {limits.max_prompt_tokens} (limits.max_prompt_tokens)")
+    if len(ids) >= context_length:
+        raise InvalidArgument(f"prompt: {len(ids)} tokens leave no room to generate in the model's context of {context_length}; shorten it")

@@ -1,0 +1,46 @@
+"""Choosing the next token from logits, per request, in numpy (every backend shares it).
+
+Order as in transformers' logits processors: repetition penalty, temperature, top-k, top-p.
+Each request has its own random generator, so a seed gives the same output whatever else
+shares the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve.backends.base import Sampling
+
+
+class Sampler:
+    """Picks tokens for one request."""
+
+    def __init__(self, params: Sampling) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
+        """The next token, given this row's logits (V,) and the ids seen so far (prompt + generated)."""
+        p = self.params
+        logits = logits.astype(np.float64, copy=True)
+        if p.repetition_penalty != 1.0 and seen.size:
+            # CTRL (Keskar et al. 2019): divide positive logits, multiply negative ones.
+            ids = np.unique(seen)
+            vals = logits[ids]
+            logits[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.temperature == 0.0:
+            return int(np.argmax(logits))
+        logits /= p.temperature
+        if p.top_k and p.top_k < logits.size:
+            kth = np.partition(logits, -p.top_k)[-p.top_k]
+            logits[logits < kth] = -np.inf
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cum = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cum, p.top_p)) + 1]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(probs.size, p=probs))

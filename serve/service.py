@@ -1,0 +1,233 @@
+"""The enclave.v1 Inference and Admin services: check the call, hand it to a model's engine,
+send back what it generates, and account for it (metrics, one audit line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import grpc
+
+from enclave.v1 import inference_pb2 as pb
+from enclave.v1 import inference_pb2_grpc as rpc
+from serve import requests
+from serve.audit import Audit
+from serve.auth import ANONYMOUS, Caller, Tokens
+from serve.backends.base import Event, Job
+from serve.config import ServeConfig
+from serve.errors import ResourceExhausted, ServeError, Unavailable
+from serve.metrics import Metrics
+from serve.models import Models, Served
+
+FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
+          "context_limit": pb.FINISH_REASON_CONTEXT_LIMIT}  # fmt: skip
+
+
+class Gate:
+    """Who may call, how many calls each caller has open, and whether the server takes calls."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.tokens = Tokens(cfg.auth.tokens_file) if cfg.auth.tokens_file else None
+        self.max_streams = cfg.limits.max_streams_per_token
+        self.open: collections.Counter[str] = collections.Counter()
+        self.accepting = False  # until the models are warm, and again while draining
+
+    def caller(self, context) -> Caller:
+        if not self.accepting:
+            raise Unavailable("the server is starting or shutting down; retry shortly (health: NOT_SERVING)")
+        return self.tokens.caller(context.invocation_metadata()) if self.tokens else ANONYMOUS
+
+    def enter(self, caller: Caller) -> None:
+        if self.open[caller.id] >= self.max_streams:
+            raise ResourceExhausted(f"this token has {self.open[caller.id]} calls open, the limit (limits.max_streams_per_token)", retry_ms=1000)
+        self.open[caller.id] += 1
+
+    def leave(self, caller: Caller) -> None:
+        self.open[caller.id] -= 1
+
+
+class _Call:
+    """One generation call: its job, and the accounting when it ends."""
+
+    def __init__(self, svc: InferenceService, request: pb.GenerateRequest, context) -> None:
+        self.svc, self.context = svc, context
+        self.caller = svc.gate.caller(context)
+        self.request_id = requests.request_id(request.request_id)
+        self.served: Served = svc.models.get(request.model, request.model_version)
+        self.caller.check_model(self.served.name)
+        svc.models.check_adapter(self.served, request.adapter)
+        limits = svc.cfg.limits
+        sampling = requests.sampling(request.sampling, limits)
+        ids = requests.prompt_ids(request, self.served.tokenizer)
+        requests.check_prompt(ids, self.served.context_length, limits)
+        remaining = context.time_remaining()
+        self.job = Job(self.request_id, ids, sampling, adapter=request.adapter or None,
+                       deadline=time.monotonic() + remaining if remaining is not None else None,
+                       loop=asyncio.get_running_loop(), queue=asyncio.Queue())  # fmt: skip
+        self.finish: str | None = None
+        self.last_token: float | None = None
+
+    async def events(self):
+        """Submit the job and yield its events; a cancelled or failed call frees its slot."""
+        engine = self.served.engine
+        self.svc.gate.enter(self.caller)
+        try:
+            engine.submit(self.job)
+            while True:
+                event: Event = await self.job.queue.get()
+                if event.error is not None:
+                    raise event.error
+                self._timing(event)
+                yield event
+                if event.finish:
+                    self.finish = event.finish
+                    return
+        finally:
+            self.svc.gate.leave(self.caller)
+            if self.finish is None:
+                engine.cancel(self.job)
+
+    def _timing(self, event: Event) -> None:
+        if not event.token_ids:
+            return
+        now = time.monotonic()
+        m, labels = self.svc.metrics, (self.served.name, self.job.adapter or "")
+        if self.last_token is None:
+            m.ttft.labels(*labels).observe(now - self.job.arrived)
+            if self.job.started is not None:
+                m.queue.labels(*labels).observe(self.job.started - self.job.arrived)
+        else:
+            m.itl.labels(*labels).observe((now - self.last_token) / len(event.token_ids))
+        self.last_token = now
+
+    def usage(self) -> tuple[pb.Usage, pb.Timings]:
+        job, end = self.job, self.job.finished or time.monotonic()
+        first = job.first_token or end
+        decode = end - first
+        timings = pb.Timings(queue_seconds=(job.started or end) - job.arrived, time_to_first_token_seconds=first - job.arrived,
+                             total_seconds=end - job.arrived, decode_tokens_per_second=job.generated / decode if decode > 0 else 0.0)  # fmt: skip
+        return pb.Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.generated), timings
+
+    def record(self, code: grpc.StatusCode) -> None:
+        job, m = self.job, self.svc.metrics
+        labels = (self.served.name, job.adapter or "")
+        m.requests.labels(*labels, code.name).inc()
+        m.prompt_tokens.labels(*labels).inc(len(job.prompt_ids))
+        m.generation_tokens.labels(*labels).inc(job.generated)
+        m.prompt_len.labels(*labels).observe(len(job.prompt_ids))
+        if self.finish:
+            m.output_len.labels(*labels).observe(job.generated)
+            m.finished.labels(*labels, self.finish).inc()
+            m.e2e.labels(*labels).observe((job.finished or time.monotonic()) - job.arrived)
+        self.svc.audit.record(request_id=self.request_id, token=self.caller.id, model=self.served.name,
+                              version=self.served.version.version, adapter=job.adapter or "", prompt_tokens=len(job.prompt_ids),
+                              completion_tokens=job.generated, status=code.name, finish=self.finish or "",
+                              latency_seconds=round(time.monotonic() - job.arrived, 4))  # fmt: skip
+
+
+class InferenceService(rpc.InferenceServicer):
+    def __init__(self, cfg: ServeConfig, models: Models, gate: Gate, metrics: Metrics, audit: Audit) -> None:
+        self.cfg, self.models, self.gate, self.metrics, self.audit = cfg, models, gate, metrics, audit
+
+    async def _accounted(self, call: _Call, body):
+        code = grpc.StatusCode.OK
+        try:
+            async for item in body:
+                yield item
+        except ServeError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            call.record(code)
+
+    def _call(self, request, context) -> _Call:
+        """Check the request; a refused one is still counted and audited."""
+        try:
+            return _Call(self, request, context)
+        except ServeError as exc:
+            model = request.model or self.models.default or ""
+            labels = (model if model in self.models.active else "unknown", request.adapter if model in self.models.active else "")
+            self.metrics.requests.labels(*labels, exc.code.name).inc()
+            self.audit.record(request_id=request.request_id[:128], model=labels[0], adapter=labels[1], status=exc.code.name)
+            raise
+
+    async def Generate(self, request, context):
+        call = self._call(request, context)
+        ids, text = [], []
+        async for event in self._accounted(call, call.events()):
+            ids.extend(event.token_ids)
+            text.append(event.text)
+        usage, timings = call.usage()
+        s = call.served
+        return pb.GenerateResponse(request_id=call.request_id, text="".join(text), token_ids=ids, finish_reason=FINISH[call.finish],
+                                   usage=usage, timings=timings, model=s.name, model_version=s.version.version, adapter=request.adapter)  # fmt: skip
+
+    async def GenerateStream(self, request, context):
+        call = self._call(request, context)
+        async for event in self._accounted(call, call.events()):
+            message = pb.GenerateStreamResponse(request_id=call.request_id, token_ids=event.token_ids, text=event.text)
+            if event.finish:
+                usage, timings = call.usage()
+                message.usage.CopyFrom(usage)
+                message.timings.CopyFrom(timings)
+                message.finish_reason = FINISH[event.finish]
+            yield message
+
+    def _tokenize(self, request, context) -> tuple[Served, list[int]]:
+        caller = self.gate.caller(context)
+        served = self.models.get(request.model, request.model_version)
+        caller.check_model(served.name)
+        ids = requests.prompt_ids(request, served.tokenizer, text_field="text")
+        if len(ids) > self.cfg.limits.max_prompt_tokens * 4:
+            raise ResourceExhausted(f"text: {len(ids)} tokens; this server tokenizes at most {self.cfg.limits.max_prompt_tokens * 4}")
+        return served, ids
+
+    async def Tokenize(self, request, context):
+        served, ids = self._tokenize(request, context)
+        return pb.TokenizeResponse(token_ids=ids, tokens=served.tokenizer.pieces(ids))
+
+    async def CountTokens(self, request, context):
+        served, ids = self._tokenize(request, context)
+        return pb.CountTokensResponse(count=len(ids), context_length=served.context_length)
+
+    async def ListModels(self, request, context):
+        caller = self.gate.caller(context)
+        out = []
+        order = [self.models.default] + [n for n in self.models.active if n != self.models.default]
+        for name in order:
+            if caller.models is not None and name not in caller.models:
+                continue
+            s = self.models.active[name]
+            versions = [pb.ModelVersion(version=v.version, digest=v.manifest.digest, active=v.version == s.version.version)
+                        for v in self.models.repo.versions(name)]  # fmt: skip
+            adapters = [pb.AdapterInfo(name=a, digest=d) for a, d in sorted(s.adapters.items())]
+            out.append(pb.ModelInfo(name=name, versions=versions, adapters=adapters, backend=s.backend,
+                                    context_length=s.context_length, kind=s.version.manifest.kind))  # fmt: skip
+        return pb.ListModelsResponse(models=out)
+
+
+class AdminService(rpc.AdminServicer):
+    def __init__(self, models: Models, gate: Gate, audit: Audit) -> None:
+        self.models, self.gate, self.audit = models, gate, audit
+
+    async def LoadAdapter(self, request, context):
+        caller = self.gate.caller(context)
+        caller.check_admin()
+        digest, seconds = await self.models.load_adapter(request.model, request.adapter)
+        self.audit.record(admin="LoadAdapter", token=caller.id, model=request.model or self.models.default, adapter=request.adapter, digest=digest)
+        return pb.LoadAdapterResponse(adapter=pb.AdapterInfo(name=request.adapter, digest=digest), load_seconds=seconds)
+
+    async def UnloadAdapter(self, request, context):
+        caller = self.gate.caller(context)
+        caller.check_admin()
+        await self.models.unload_adapter(request.model, request.adapter)
+        self.audit.record(admin="UnloadAdapter", token=caller.id, model=request.model or self.models.default, adapter=request.adapter)
+        return pb.UnloadAdapterResponse()

@@ -1,0 +1,75 @@
+"""Bad input: every invalid field is INVALID_ARGUMENT naming it, limits are RESOURCE_EXHAUSTED, and
+the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from enclave.v1 import inference_pb2 as pb
+from tests.serve.conftest import running, serve_config
+
+
+def _code(call):
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value.code(), e.value.details()
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"temperature": -1.0}, "sampling.temperature"),
+    ({"temperature": float("nan")}, "sampling.temperature"),
+    ({"top_p": 0.0}, "sampling.top_p"),
+    ({"top_p": 1.5}, "sampling.top_p"),
+    ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"),
+    ({"stop": ("",)}, "sampling.stop[0]"),
+    ({"stop": ("x" * 300,)}, "sampling.stop[0]"),
+    ({"stop": tuple("abcdefghijklmnopq")}, "sampling.stop"),
+    ({"request_id": "r" * 129}, "request_id"),
+])  # fmt: skip
+def test_invalid_fields_are_named(client, kwargs, field):
+    code, details = _code(lambda: client.generate("hello", **kwargs))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field)
+    code, _ = _code(lambda: list(client.stream("hello", **kwargs)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_invalid_inputs(client):
+    stub = client.inference
+    assert _code(lambda: stub.Generate(pb.GenerateRequest()))[1].startswith("input")
+    assert _code(lambda: stub.Generate(pb.GenerateRequest(prompt="")))[1].startswith("prompt: empty")
+    code, details = _code(lambda: stub.Generate(pb.GenerateRequest(chat=pb.Chat())))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat.messages")
+    code, details = _code(lambda: client.generate([{"role": "robot", "content": "x"}]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat.messages[0].role")
+    code, details = _code(lambda: client.tokenize(""))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("text: empty")
+    code, details = _code(lambda: client.generate(" ".join(["blood"] * 400)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("prompt") and "context of 128" in details
+    assert client.health() == "SERVING"
+
+
+def test_limits(serve_repo):
+    from enclave.client import Client
+
+    cfg = serve_config(serve_repo, limits__max_new_tokens=8, limits__default_new_tokens=5, limits__max_prompt_tokens=10,
+                       limits__max_message_bytes=2048)  # fmt: skip
+    with running(cfg) as server, Client(f"127.0.0.1:{server.port}") as client:
+        code, details = _code(lambda: client.generate("hi", max_tokens=9))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("sampling.max_tokens") and "8" in details
+        code, details = _code(lambda: client.generate("The court granted the motion to dismiss for lack of jurisdiction."))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("prompt") and "limits.max_prompt_tokens" in details
+        code, _ = _code(lambda: client.generate("x" * 4096))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # over max_message_bytes: grpc refuses it
+        reply = client.generate("hi")  # max_tokens 0: limits.default_new_tokens
+        assert reply.usage.completion_tokens == 5 and reply.finish_reason == pb.FINISH_REASON_LENGTH
+
+
+def test_default_new_tokens_over_the_limit_is_a_config_error(serve_repo):
+    from enclave.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="default_new_tokens"):
+        from enclave.config import load_config
+        from serve.config import ServeConfig
+
+        load_config(ServeConfig, None, [f"repo={serve_repo}", "limits.max_new_tokens=8"])

@@ -1,0 +1,33 @@
+"""The sampler: greedy, top-k, top-p, repetition penalty and seeds, on hand-made logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve.backends.base import Sampling
+from serve.sampling import Sampler
+
+LOGITS = np.array([1.0, 3.0, 2.0, 0.5, -1.0])
+
+
+def test_greedy_and_repetition_penalty():
+    assert Sampler(Sampling(max_tokens=1))(LOGITS, np.array([], np.int64)) == 1
+    # CTRL penalty: 3.0 / 2 = 1.5 < 2.0, so the seen token 1 loses to token 2.
+    assert Sampler(Sampling(max_tokens=1, repetition_penalty=2.0))(LOGITS, np.array([1])) == 2
+
+
+def test_top_k_and_top_p_restrict_the_draw():
+    draws = {Sampler(Sampling(max_tokens=1, temperature=5.0, top_k=2, seed=s))(LOGITS, np.array([])) for s in range(200)}
+    assert draws == {1, 2}
+    probs = np.exp(LOGITS) / np.exp(LOGITS).sum()  # 0.63 (token 1), 0.23 (2): top_p 0.7 keeps two tokens
+    assert probs[1] < 0.7 < probs[1] + probs[2]
+    draws = {Sampler(Sampling(max_tokens=1, temperature=1.0, top_p=0.7, seed=s))(LOGITS, np.array([])) for s in range(200)}
+    assert draws == {1, 2}
+
+
+def test_seed_gives_the_same_sequence():
+    def draw(seed):
+        s = Sampler(Sampling(max_tokens=1, temperature=1.0, seed=seed))
+        return [s(LOGITS, np.array([])) for _ in range(30)]
+
+    assert draw(3) == draw(3) and draw(3) != draw(4)
