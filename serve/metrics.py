@@ -33,14 +33,13 @@ class Metrics:
         self.generation_tokens = Counter("enclave_generation_tokens", "Tokens generated", ma, registry=r)
         self.prompt_len = Histogram("enclave_request_prompt_tokens", "Prompt length per request (drift)", ma, buckets=TOKENS, registry=r)
         self.output_len = Histogram("enclave_request_generation_tokens", "Generated length per request (drift)", ma, buckets=TOKENS, registry=r)
-        self.finished = Counter("enclave_request_finished", "Finished generations by reason (context_limit: the share that hit the context)",
-                                ("model", "adapter", "reason"), registry=r)  # fmt: skip
+        self.context_limit = Counter("enclave_request_context_limit", "Generations stopped by the model's context length "
+                                     "(divided by enclave_requests_total: the share that hits the limit)", ma, registry=r)  # fmt: skip
         self.running = Gauge("enclave_num_requests_running", "Requests in the running batch", m, registry=r)
         self.waiting = Gauge("enclave_num_requests_waiting", "Requests queued for a slot", m, registry=r)
         self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
         self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
         self.load_time = Gauge("enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r)
-        self.info = Gauge("enclave_model_info", "1 for each model version being served", ("model", "version", "backend"), registry=r)
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns its port (``port`` 0 picks a free one)."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from enclave.errors import EnclaveError
 from enclave.lineage import adapter_fits
-from enclave.manifest import read_manifest
+from enclave.manifest import MANIFEST, read_manifest, require_valid
+from enclave.store import home
 from serve.backends import open_engine
 from serve.config import ServeConfig
 from serve.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -85,7 +86,6 @@ class Models:
         for path in bundled_adapters(version.path) if engine.backend == "vllm" else []:
             served.adapters[path.name] = read_manifest(path).digest
         self.metrics.load_time.labels(name).set(served.load_seconds)
-        self.metrics.info.labels(name, version.version, engine.backend).set(1)
         log.info("model %s version %s ready on %s in %.1f s (context %d)", name, version.version, engine.backend,
                  served.load_seconds, served.context_length)  # fmt: skip
         return served
@@ -123,7 +123,7 @@ class Models:
             if name in served.adapters:
                 return served.adapters[name], 0.0
             try:
-                path = await asyncio.to_thread(self.repo.adapter, name)  # hash-verified
+                path = await asyncio.to_thread(self._adapter_path, name)  # hash-verified
             except EnclaveError as exc:
                 raise NotFound(f"adapter: {exc.message}") from None
             manifest = read_manifest(path)
@@ -137,6 +137,17 @@ class Models:
             served.adapters[name] = manifest.digest
         log.info("adapter %s loaded on %s in %.2f s", name, served.name, time.perf_counter() - started)
         return manifest.digest, time.perf_counter() - started
+
+    def _adapter_path(self, name: str) -> Path:
+        """REPO/adapters/NAME, else the artifact store's $ENCLAVE_HOME/adapters/NAME; verified."""
+        try:
+            return self.repo.adapter(name)
+        except EnclaveError:
+            stored = home() / "adapters" / name
+            if not (stored / MANIFEST).is_file():
+                raise
+            require_valid(stored)
+            return stored
 
     async def unload_adapter(self, model: str, name: str) -> None:
         served = self.get(model)
@@ -173,7 +184,6 @@ class Models:
                 await new.engine.load_adapter(adapter, path)
                 new.adapters[adapter] = old.adapters[adapter]
         self.active[name] = new  # new requests go to the new version from here
-        self.metrics.info.labels(name, old.version.version, old.backend).set(0)
         log.info("model %s: version %s is active (was %s); the old one finishes its requests", name, version.version, old.version.version)
         self.retired.append(old)
         asyncio.get_running_loop().create_task(self._retire(old))

@@ -119,7 +119,8 @@ class _Call:
         m.prompt_len.labels(*labels).observe(len(job.prompt_ids))
         if self.finish:
             m.output_len.labels(*labels).observe(job.generated)
-            m.finished.labels(*labels, self.finish).inc()
+            if self.finish == "context_limit":
+                m.context_limit.labels(*labels).inc()
             m.e2e.labels(*labels).observe((job.finished or time.monotonic()) - job.arrived)
         self.svc.audit.record(request_id=self.request_id, token=self.caller.id, model=self.served.name,
                               version=self.served.version.version, adapter=job.adapter or "", prompt_tokens=len(job.prompt_ids),

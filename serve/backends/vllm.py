@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Engine:
 
     async def start(self) -> None:
         """Start vLLM (a minute or more on CPU) and load the artifact's adapters."""
+        quiet_vllm()
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -133,6 +135,17 @@ class Engine:
         self.closing = True
         if self.llm is not None:
             self.llm.shutdown()
+
+
+def quiet_vllm() -> None:
+    """No usage statistics sent anywhere, and vLLM's own logs at warnings (errors only unless --debug).
+
+    vLLM reports usage to its authors unless told not to; Enclave never sends anything.
+    """
+    os.environ["VLLM_NO_USAGE_STATS"] = "1"
+    os.environ["DO_NOT_TRACK"] = "1"
+    debug = logging.getLogger().level <= logging.DEBUG
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "ERROR")
 
 
 def bundled_adapters(root: Path) -> list[Path]:

@@ -91,7 +91,7 @@ def test_chat_tokenize_and_count_match_transformers(serve_repo, client):
     assert reply.usage.prompt_tokens == len(expected)
 
 
-def test_context_limit_finish(client):
+def test_context_limit_finish(server, client):
     # 128-token context: a 120-token prompt has room for 8 new tokens.
     prompt = " ".join(["blood"] * 200)
     n = client.count_tokens(prompt).count
@@ -99,6 +99,7 @@ def test_context_limit_finish(client):
     reply = client.generate(" ".join(words), max_tokens=64)
     assert reply.finish_reason == pb.FINISH_REASON_CONTEXT_LIMIT
     assert reply.usage.prompt_tokens + reply.usage.completion_tokens == 128
+    assert 'enclave_request_context_limit_total{adapter="",model="tiny-onnx"} 1.0' in _scrape(server)
 
 
 def test_metrics_endpoint(server, client):
@@ -111,7 +112,6 @@ def test_metrics_endpoint(server, client):
                  "enclave_request_prompt_tokens_bucket", "enclave_request_generation_tokens_bucket", "process_resident_memory_bytes"):  # fmt: skip
         assert name in text, name
     assert 'enclave_requests_total{adapter="",code="OK",model="tiny-onnx"}' in text
-    assert 'enclave_request_finished_total{adapter="",model="tiny-onnx",reason="length"}' in text
     assert 'le="0.005"' in text  # explicit buckets
     assert "patient" not in text
 

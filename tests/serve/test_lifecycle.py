@@ -162,3 +162,50 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(serve_repo, tmp_path):
         assert "draining" in err and "stopped" in err
     finally:
         proc.kill()
+
+
+def test_not_serving_until_the_models_are_warm(serve_repo, monkeypatch):
+    import asyncio
+    import threading
+
+    from serve.backends import ort
+
+    loaded = threading.Event()
+    init = ort.Backend.__init__
+
+    def slow_init(self, *args, **kwargs):
+        loaded.wait(30)  # the model "loads" until the test lets it
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.Backend, "__init__", slow_init)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        server = asyncio.run_coroutine_threadsafe(_make(serve_config(serve_repo)), loop).result(30)
+        starting = asyncio.run_coroutine_threadsafe(server.start(), loop)
+        with Client(f"127.0.0.1:{server.port}") as client:
+            assert _wait(lambda: _health(client) == "NOT_SERVING", 10)
+            with pytest.raises(grpc.RpcError) as e:
+                client.generate("hi", max_tokens=1)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            loaded.set()
+            starting.result(60)
+            assert client.health() == "SERVING" and client.generate("hi", max_tokens=1).usage.completion_tokens == 1
+        asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(30)
+    finally:
+        loaded.set()
+        loop.call_soon_threadsafe(loop.stop)
+
+
+async def _make(cfg):
+    from serve.server import Server
+
+    return Server(cfg)
+
+
+def _health(client) -> str:
+    try:
+        return client.health()
+    except grpc.RpcError:
+        return "down"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make demo`, step 5: serve the demo's model repository over gRPC, call it with `enclave client`
+# (unary and streaming), print a few lines of /metrics and the audit log, then drain with SIGTERM.
+# Usage: deploy/demo-serve.sh REPO   (ports: $ENCLAVE_DEMO_PORT, default 50051; $ENCLAVE_DEMO_METRICS_PORT, 9464)
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+REPO=$1
+PORT=${ENCLAVE_DEMO_PORT:-50051}
+METRICS=${ENCLAVE_DEMO_METRICS_PORT:-9464}
+LOG=$(mktemp -t enclave-serve.XXXXXX)
+T=(--target "127.0.0.1:$PORT")
+
+"$BIN/enclave" serve --repo "$REPO" --port "$PORT" --metrics-port "$METRICS" default_model=clinical-legal \
+  "adapters.smollm2=[clinical-legal]" "audit_log=$REPO/audit.jsonl" >"$LOG" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 180); do
+  "$BIN/enclave" client health "${T[@]}" >/dev/null 2>&1 && break
+  kill -0 $PID 2>/dev/null || { cat "$LOG"; exit 1; }
+  sleep 1
+done
+grep -E "ready on|serving" "$LOG" | sed 's/^/  server: /'
+"$BIN/enclave" client models "${T[@]}"
+echo "Q: A patient's chart says 'PRN'. What does that mean?   (clinical-legal: the compressed model, ONNX int4)"
+"$BIN/enclave" client generate "A patient's chart says 'PRN'. What does that mean?" --chat --max-tokens 48 "${T[@]}"
+echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2 + the clinical-legal adapter, streamed)"
+"$BIN/enclave" client stream "Explain briefly what 'habeas corpus' means in law." --chat --model smollm2 --adapter clinical-legal --max-tokens 48 "${T[@]}"
+echo "-- a few lines of http://127.0.0.1:$METRICS/metrics --"
+"$BIN/python" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$METRICS/metrics').read().decode())" \
+  | grep -E '^enclave_(requests_total|generation_tokens_total|time_to_first_token_seconds_(sum|count)|num_requests_running)' || true
+echo "-- the audit log: one line per request, no text --"
+tail -n 1 "$REPO/audit.jsonl"
+kill -TERM $PID
+wait $PID && echo "server drained and stopped (exit 0)"
+trap - EXIT
