@@ -86,6 +86,7 @@ test: install vllm-env
 # Quality and speed figures for BENCHMARKS.md (about 40 minutes on 2 cores); JSON in bench-results/.
 bench: install
 	$(BIN)/python -m tests.bench.compress_quality --suite all --out bench-results
+	$(BIN)/python -m tests.bench.serve_throughput --out bench-results
 
 test-fast: install
 	$(BIN)/python -m pytest

@@ -57,6 +57,7 @@ class Models:
         self.active: dict[str, Served] = {}
         self.retired: list[Served] = []
         self.lock = asyncio.Lock()
+        self.failed: dict[str, str] = {}  # model -> a version that failed to load (not retried until active.json changes)
         self.default: str | None = None
 
     async def start(self) -> None:
@@ -78,6 +79,7 @@ class Models:
     async def _open(self, name: str, version: Version) -> Served:
         started = time.perf_counter()
         log.info("loading model %s version %s (%s)", name, version.version, version.manifest.kind)
+        await asyncio.to_thread(require_valid, version.path)  # every file against its sha256, before any is read
         tokenizer = ServeTokenizer(version.path)
         engine = await open_engine(version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name))
         served = Served(name, version, tokenizer, engine, time.perf_counter() - started)
@@ -168,12 +170,15 @@ class Models:
         while True:
             await asyncio.sleep(self.cfg.watch_seconds)
             for name, served in list(self.active.items()):
+                wanted = served.version.version
                 try:
                     wanted = self.repo.state(name)["active"]
-                    if wanted != served.version.version:
+                    if wanted != served.version.version and self.failed.get(name) != wanted:
                         await self.swap(name, self.repo.version(name, wanted))
-                except Exception:
-                    log.exception("model %s: could not switch versions; still serving %s", name, served.version.version)
+                except Exception as exc:
+                    self.failed[name] = wanted
+                    log.error("model %s: could not switch to version %s (%s); still serving %s", name, wanted, exc, served.version.version,
+                              exc_info=not isinstance(exc, EnclaveError))  # fmt: skip
 
     async def swap(self, name: str, version: Version) -> None:
         old = self.active[name]

@@ -140,8 +140,9 @@ class InferenceService(rpc.InferenceServicer):
         except ServeError as exc:
             code = exc.code
             raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+        except asyncio.CancelledError:  # the caller went away, or its deadline passed
+            late = call.job.deadline is not None and time.monotonic() >= call.job.deadline
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL

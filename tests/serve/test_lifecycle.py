@@ -209,3 +209,19 @@ def _health(client) -> str:
         return client.health()
     except grpc.RpcError:
         return "down"
+
+
+def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(serve_repo, tmp_path, caplog):
+    from enclave.errors import IntegrityError
+
+    repo = Repository(tmp_path / "repo")
+    repo.add(serve_repo / "models" / "tiny-onnx" / "1", "m", "1")
+    repo.add(serve_repo / "models" / "tiny-onnx" / "1", "m", "2", activate=False)
+    (repo.models_dir / "m" / "2" / "genai_config.json").write_text("{}")  # changed after it was added
+    with running(serve_config(repo.root, default_model="m")) as server, Client(f"127.0.0.1:{server.port}") as client:
+        repo.activate("m", "2")
+        assert _wait(lambda: "could not switch to version 2" in caplog.text, 10)
+        assert client.generate("hi", max_tokens=2).model_version == "1"
+    (repo.models_dir / "m" / "1" / "genai_config.json").write_text("{}")
+    with pytest.raises(IntegrityError, match="failed verification"), running(serve_config(repo.root, default_model="m")):
+        pass

@@ -44,3 +44,16 @@ def test_chat_template_without_transformers_matches(serve_repo):
     assert ours.apply_chat(messages) == list(expected)
     assert ours.encode("Habeas corpus") == theirs("Habeas corpus")["input_ids"]
     assert ours.eos_ids == {theirs.eos_token_id}
+
+
+def test_shipped_serve_configs_validate(tmp_path):
+    from pathlib import Path
+
+    from enclave.config import load_config
+    from serve.auth import Tokens
+    from serve.config import ServeConfig
+
+    root = Path(__file__).resolve().parents[2] / "serve" / "configs"
+    cfg = load_config(ServeConfig, root / "production.yaml")
+    assert cfg.tls.client_ca and cfg.auth.tokens_file and cfg.adapters == {"smollm2": ["clinical-legal"]}
+    assert [e[1].name for e in Tokens(root / "tokens.example.yaml").entries] == ["ehr-gateway", "records-office", "ops"]
