@@ -216,15 +216,24 @@ class StepEngine:
             job.started = time.monotonic()
             logits, row = self.model.prefill(job.prompt_ids, job.adapter)
             seq = _Seq(job, Sampler(job.sampling), Tracker(job, self.tokenizer, self.model.context_length))
-            if seq.advance(logits):
+            if self._advance(seq, logits):
                 self.batch.add(row)
                 self.running.append(seq)
         if not self.running:
             return
         logits = self.batch.step([s.tracker.last for s in self.running])  # (rows, vocab)
         for seq, row in zip(self.running, logits):
-            seq.alive = seq.advance(row)
+            seq.alive = self._advance(seq, row)
         self._compact()
+
+    def _advance(self, seq: _Seq, logits: np.ndarray) -> bool:
+        """One sequence's next token; a failure here ends that request only, not the batch."""
+        try:
+            return seq.advance(logits)
+        except Exception as exc:
+            log.exception("model %s: request %s failed while sampling", self.name, seq.job.request_id)
+            seq.job.emit(Event([], error=exc))
+            return False
 
     def _gone(self, job: Job) -> bool:
         if job.cancelled:

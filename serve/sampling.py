@@ -28,7 +28,7 @@ class Sampler:
             ids = np.unique(seen)
             vals = logits[ids]
             logits[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-        if p.temperature == 0.0:
+        if p.temperature < 1e-5:  # 0 is greedy; a smaller positive one is greedy in all but overflow
             return int(np.argmax(logits))
         logits /= p.temperature
         if p.top_k and p.top_k < logits.size:

@@ -49,6 +49,13 @@ def test_invalid_inputs(client):
     assert client.health() == "SERVING"
 
 
+def test_extreme_sampling_values_are_served(client):
+    for kwargs in ({"temperature": 1e-30}, {"temperature": 100.0, "top_k": 100000}, {"repetition_penalty": 1e30},
+                   {"seed": 2**64 - 1, "temperature": 1.0}, {"top_p": 1e-9, "temperature": 1.0}):  # fmt: skip
+        reply = client.generate("The court", max_tokens=3, **kwargs)
+        assert reply.usage.completion_tokens == 3 or reply.finish_reason == pb.FINISH_REASON_STOP
+
+
 def test_limits(serve_repo):
     from enclave.client import Client
 
