@@ -225,3 +225,15 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(serve_repo,
     (repo.models_dir / "m" / "1" / "genai_config.json").write_text("{}")
     with pytest.raises(IntegrityError, match="failed verification"), running(serve_config(repo.root, default_model="m")):
         pass
+
+
+def test_concurrent_calls_per_caller_are_limited(serve_repo, slow_steps):
+    cfg = serve_config(serve_repo, limits__max_streams_per_token=1, limits__max_new_tokens=2000, limits__default_new_tokens=100)
+    with running(cfg) as server, Client(f"127.0.0.1:{server.port}") as client:
+        stream = client.stream("The patient was given", max_tokens=40)
+        next(stream)
+        with pytest.raises(grpc.RpcError) as e:
+            client.generate("Blood", max_tokens=2)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limits.max_streams_per_token" in e.value.details()
+        assert list(stream)[-1].finish_reason == pb.FINISH_REASON_LENGTH
+        assert client.generate("Blood", max_tokens=2).usage.completion_tokens == 2  # the slot is back
