@@ -1,14 +1,14 @@
 """Serving throughput with continuous batching, measured side by side in one run (BENCHMARKS.md).
 
-A real server (in this process) on a repository with SmolLM2 as an int4 ONNX artifact
-(onnxruntime backend) and as the fp32 checkpoint (torch backend). For each, the same chat
-questions are sent with 1, 4 and 8 callers at a time (greedy, 64 new tokens at most); printed:
-aggregate generated tokens per second, its ratio to one caller, and median time to first
-token and inter-token latency from the server's own timings.
+A real server (in this process) on a repository with SmolLM2-135M-Instruct as an int4 ONNX
+export (onnxruntime backend) and as the fp32 checkpoint (torch backend): the same model on both. Two workloads: "chat" (the
+demo's short questions; answers of a few words, so prefill dominates) and "completion" (raw
+text continued for 64 tokens, so decoding dominates). Each is sent with 1, 4 and 8 callers at
+a time (greedy); printed: aggregate generated tokens per second, its ratio to one caller, and
+median time to first token and inter-token latency from the server's own timings.
 
 Run: python -m tests.bench.serve_throughput [--onnx DIR] [--model NAME] [--requests 16] [--out DIR]
-(--onnx defaults to $ENCLAVE_HOME/artifacts/clinical-legal-onnx from `make demo`, else an int4
-export of the model made here.)
+(--onnx: an int4 ONNX artifact of the model; default: exported here, about a minute.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from enclave.client import Client
-from enclave.store import home, resolve_model
+from enclave.store import resolve_model
 from serve.config import ServeConfig
 from serve.repository import Repository
 from serve.server import Server
@@ -35,24 +35,30 @@ QUESTIONS = [
     "What does 'NPO' mean on a hospital order?", "What does 'stat' mean in a medical order?",
     "What is a plea in a criminal case?", "What does 'qhs' mean on a prescription?",
 ]  # fmt: skip
+OPENINGS = [
+    "The court granted the motion to dismiss because", "The patient was admitted to the ward with",
+    "Under the terms of the lease, the tenant", "The nurse recorded the blood pressure and",
+    "In the appeal, counsel for the defendant argued that", "The discharge summary notes that the patient",
+    "The contract may be terminated by either party if", "After the surgery, the physician recommended",
+]  # fmt: skip
+WORKLOADS = {"chat": (QUESTIONS, True), "completion": (OPENINGS, False)}
 
 
 def onnx_artifact(model: str, given: Path | None, tmp: Path) -> Path:
     if given:
         return given
-    demo = home() / "artifacts" / "clinical-legal-onnx"
-    if demo.is_dir():
-        return demo
     from compress import registry
     from compress.config import ExportSettings
 
     return registry.get("export").run(model, ExportSettings(precision="int4"), tmp / "onnx", "bench-onnx")
 
 
-def run_load(port: int, model: str, callers: int, requests: int) -> dict:
+def run_load(port: int, model: str, workload: str, callers: int, requests: int) -> dict:
+    texts, chat = WORKLOADS[workload]
+
     def one(i: int):
         with Client(f"127.0.0.1:{port}") as c:
-            return c.generate(QUESTIONS[i % len(QUESTIONS)], chat=True, model=model, max_tokens=64)
+            return c.generate(texts[i % len(texts)], chat=chat, model=model, max_tokens=64)
 
     started = time.perf_counter()
     with cf.ThreadPoolExecutor(callers) as pool:
@@ -68,7 +74,7 @@ def run_load(port: int, model: str, callers: int, requests: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--onnx", type=Path, help="an int4 ONNX artifact (default: the demo's, else exported here)")
+    parser.add_argument("--onnx", type=Path, help="an int4 ONNX artifact of --model (default: exported here)")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
@@ -88,15 +94,17 @@ def main() -> None:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result()
         rows = []
         for model in ("onnx-int4", "torch-fp32"):
-            run_load(server.port, model, 2, 2)  # warm
-            base = None
-            for callers in (1, 4, 8):
-                row = {"model": model, **run_load(server.port, model, callers, args.requests)}
-                base = base or row["tokens_per_second"]
-                row["vs_1_caller"] = round(row["tokens_per_second"] / base, 2)
-                rows.append(row)
-                print(f"{model:11} callers {callers}: {row['tokens_per_second']:7.1f} tok/s ({row['vs_1_caller']:.2f}x), "
-                      f"TTFT p50 {row['ttft_p50']:.3f} s, ITL p50 {row['itl_p50'] * 1000:.1f} ms", flush=True)  # fmt: skip
+            run_load(server.port, model, "chat", 2, 2)  # warm
+            for workload in WORKLOADS:
+                base = None
+                for callers in (1, 4, 8):
+                    row = {"model": model, "workload": workload, **run_load(server.port, model, workload, callers, args.requests)}
+                    base = base or row["tokens_per_second"]
+                    row["vs_1_caller"] = round(row["tokens_per_second"] / base, 2)
+                    rows.append(row)
+                    print(f"{model:11} {workload:10} callers {callers}: {row['tokens_per_second']:6.1f} tok/s ({row['vs_1_caller']:.2f}x), "
+                          f"{row['tokens'] / row['requests']:4.1f} tokens/answer, TTFT p50 {row['ttft_p50']:.3f} s, "
+                          f"ITL p50 {row['itl_p50'] * 1000:.1f} ms", flush=True)  # fmt: skip
         asyncio.run_coroutine_threadsafe(server.stop(5), loop).result()
     save(args.out, "serve_throughput", {"rows": rows})
 
