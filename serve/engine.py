@@ -22,44 +22,9 @@ from serve.backends.base import Event, Job, StepModel
 from serve.config import SchedulerSettings
 from serve.errors import DeadlineExceeded, ResourceExhausted
 from serve.sampling import Sampler
-from serve.textstream import TextStream
+from serve.tracker import Tracker
 
 log = logging.getLogger("enclave.serve.engine")
-
-
-class Tracker:
-    """One request's generated tokens: text deltas, stop strings, and when to finish (any backend)."""
-
-    def __init__(self, job: Job, tokenizer, context_length: int) -> None:
-        self.job, self.eos, self.context_length = job, tokenizer.eos_ids, context_length
-        self.stream = TextStream(tokenizer.decode, job.sampling.stop)
-        self.length = len(job.prompt_ids)  # tokens in the model's context so far
-        self.seen = list(job.prompt_ids)
-        self.last = -1
-
-    def accept(self, token: int) -> bool:
-        """Send one new token to the caller; False when the request is finished."""
-        job = self.job
-        if job.first_token is None:
-            job.first_token = time.monotonic()
-        if token in self.eos:
-            job.emit(Event([], self.stream.flush(), finish="stop"))
-            return False
-        job.generated += 1
-        self.length += 1
-        self.seen.append(token)
-        self.last = token
-        delta = self.stream.push(token)
-        if self.stream.stopped:
-            job.emit(Event([token], delta, finish="stop_sequence"))
-        elif job.generated >= job.sampling.max_tokens:
-            job.emit(Event([token], delta + self.stream.flush(), finish="length"))
-        elif self.length >= self.context_length:
-            job.emit(Event([token], delta + self.stream.flush(), finish="context_limit"))
-        else:
-            job.emit(Event([token], delta))
-            return True
-        return False
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from serve.backends.base import Event, Job
 from serve.config import SchedulerSettings
-from serve.engine import Tracker
+from serve.tracker import Tracker
 from serve.errors import ResourceExhausted
 
 BACKEND = "vllm"
