@@ -80,3 +80,24 @@ def test_default_new_tokens_over_the_limit_is_a_config_error(serve_repo):
         from serve.config import ServeConfig
 
         load_config(ServeConfig, None, [f"repo={serve_repo}", "limits.max_new_tokens=8"])
+
+
+def test_a_bug_is_internal_and_the_server_keeps_serving(serve_repo, monkeypatch, caplog):
+    from enclave.client import Client
+    from serve.backends import ort
+
+    step, broken = ort.OrtBatch.step, {"on": True}
+
+    def failing(self, tokens):
+        if broken["on"]:
+            broken["on"] = False
+            raise RuntimeError("a bug in a backend")
+        return step(self, tokens)
+
+    monkeypatch.setattr(ort.OrtBatch, "step", failing)
+    with running(serve_config(serve_repo)) as server, Client(f"127.0.0.1:{server.port}") as client:
+        code, details = _code(lambda: client.generate("The court", max_tokens=5))
+        assert code == grpc.StatusCode.INTERNAL and "RuntimeError" in details and "The court" not in details
+        assert client.generate("The court", max_tokens=5).usage.completion_tokens == 5
+        assert client.health() == "SERVING"
+    assert "a bug in a backend" in caplog.text  # the traceback is in the server's log
