@@ -52,8 +52,8 @@ def _deep_copy(data: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
-def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping; any other top-level value is a config error."""
+def read_yaml(path: Path, expect: type = dict) -> dict | list:
+    """Read a YAML mapping (or, with ``expect=list``, a list); any other top-level value is a config error."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -61,9 +61,10 @@ def read_yaml(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), [f"expected a mapping of keys at the top, got {type(data).__name__}"])
+        return expect()
+    if not isinstance(data, expect):
+        wanted = "a mapping of keys" if expect is dict else "a list"
+        raise ConfigError(str(path), [f"expected {wanted} at the top, got {type(data).__name__}"])
     return data
 
 

@@ -20,10 +20,9 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-from enclave.config import StrictConfig, format_errors
+from enclave.config import StrictConfig, format_errors, read_yaml
 from enclave.errors import ConfigError
 from serve.errors import PermissionDenied, Unauthenticated
 
@@ -70,7 +69,7 @@ class Tokens:
     """The tokens file, loaded once at start."""
 
     def __init__(self, path: Path) -> None:
-        data = read_yaml_list(path)
+        data = read_yaml(path, expect=list)
         try:
             entries = TypeAdapter(list[TokenEntry]).validate_python(data)
         except ValidationError as exc:
@@ -95,15 +94,3 @@ class Tokens:
         if found is None:
             raise Unauthenticated("the bearer token is not known to this server")
         return found
-
-
-def read_yaml_list(path: Path) -> list:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found (auth.tokens_file)"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    if not isinstance(data, list):
-        raise ConfigError(str(path), [f"expected a list of tokens, got {type(data).__name__}"])
-    return data

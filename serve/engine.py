@@ -35,11 +35,13 @@ class _Seq:
     alive: bool = True
 
     def advance(self, logits: np.ndarray) -> bool:
-        return self.tracker.accept(self.sampler(logits, np.asarray(self.tracker.seen)))
+        return self.tracker.accept(self.sampler(logits, self.tracker.seen))  # an array only if the penalty needs one
 
 
 class StepEngine:
     """Schedules jobs onto one StepModel; thread-safe ``submit`` and ``cancel``."""
+
+    bundled: dict = {}  # adapters that came inside the artifact: none for these backends
 
     def __init__(self, model: StepModel, tokenizer, settings: SchedulerSettings, name: str, gauges=None) -> None:
         self.model, self.tokenizer, self.settings, self.name = model, tokenizer, settings, name

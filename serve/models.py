@@ -83,10 +83,8 @@ class Models:
         tokenizer = ServeTokenizer(version.path)
         engine = await open_engine(version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name))
         served = Served(name, version, tokenizer, engine, time.perf_counter() - started)
-        from serve.backends.vllm import bundled_adapters
-
-        for path in bundled_adapters(version.path) if engine.backend == "vllm" else []:
-            served.adapters[path.name] = read_manifest(path).digest
+        for adapter, path in engine.bundled.items():  # adapters inside the artifact (vLLM exports)
+            served.adapters[adapter] = read_manifest(path).digest
         self.metrics.load_time.labels(name).set(served.load_seconds)
         log.info("model %s version %s ready on %s in %.1f s (context %d)", name, version.version, engine.backend,
                  served.load_seconds, served.context_length)  # fmt: skip

@@ -19,13 +19,13 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, seen: np.ndarray) -> int:
+    def __call__(self, logits: np.ndarray, seen) -> int:
         """The next token, given this row's logits (V,) and the ids seen so far (prompt + generated)."""
         p = self.params
         logits = logits.astype(np.float64, copy=True)
-        if p.repetition_penalty != 1.0 and seen.size:
+        if p.repetition_penalty != 1.0 and len(seen):
             # CTRL (Keskar et al. 2019): divide positive logits, multiply negative ones.
-            ids = np.unique(seen)
+            ids = np.unique(np.asarray(seen))
             vals = logits[ids]
             logits[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if p.temperature < 1e-5:  # 0 is greedy; a smaller positive one is greedy in all but overflow

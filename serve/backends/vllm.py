@@ -40,6 +40,7 @@ class Engine:
         self.lora_ids = 0
         self.closing = False
         self.llm = None
+        self.bundled: dict[str, Path] = {}  # adapters inside the artifact, loaded at start
 
     async def start(self) -> None:
         """Start vLLM (a minute or more on CPU) and load the artifact's adapters."""
@@ -57,6 +58,7 @@ class Engine:
         self.llm = AsyncLLM.from_engine_args(args)
         for path in bundled:
             await self.load_adapter(path.name, path)
+            self.bundled[path.name] = path
 
     def submit(self, job: Job) -> None:
         s = self.settings

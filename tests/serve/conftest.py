@@ -20,6 +20,15 @@ pytest.importorskip("grpc")
 pytest.importorskip("onnxruntime")
 
 
+def status_of(call) -> tuple:
+    """(grpc status code, details) of a call that must fail."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value.code(), e.value.details()
+
+
 @pytest.fixture(scope="session")
 def serve_repo(tmp_path_factory) -> Path:
     from compress import registry

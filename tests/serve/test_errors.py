@@ -7,13 +7,8 @@ import grpc
 import pytest
 
 from enclave.v1 import inference_pb2 as pb
-from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import running, serve_config, status_of as _code
 
-
-def _code(call):
-    with pytest.raises(grpc.RpcError) as e:
-        call()
-    return e.value.code(), e.value.details()
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

@@ -11,15 +11,10 @@ import grpc
 import pytest
 
 from enclave.client import Client
-from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import running, serve_config, status_of as _code
 
 ADMIN, READER, ONNX_ONLY = "admin-token-0123456789", "reader-token-0123456789", "onnx-only-token-0123456789"
 
-
-def _code(call):
-    with pytest.raises(grpc.RpcError) as e:
-        call()
-    return e.value.code(), e.value.details()
 
 
 @pytest.fixture(scope="module")
