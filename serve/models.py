@@ -86,6 +86,8 @@ class Models:
         for adapter, path in engine.bundled.items():  # adapters inside the artifact (vLLM exports)
             served.adapters[adapter] = read_manifest(path).digest
         self.metrics.load_time.labels(name).set(served.load_seconds)
+        for adapter in ("", *served.adapters):
+            self.metrics.start_series(name, adapter)
         log.info("model %s version %s ready on %s in %.1f s (context %d)", name, version.version, engine.backend,
                  served.load_seconds, served.context_length)  # fmt: skip
         return served
@@ -135,6 +137,7 @@ class Models:
             except EnclaveError as exc:
                 raise FailedPrecondition(f"adapter: {exc.message}") from None
             served.adapters[name] = manifest.digest
+            self.metrics.start_series(served.name, name)
         log.info("adapter %s loaded on %s in %.2f s", name, served.name, time.perf_counter() - started)
         return manifest.digest, time.perf_counter() - started
 

@@ -13,6 +13,7 @@ reads it sees the old or the new version, never a mix; `rollback` pops ``previou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,21 @@ class Repository:
         with atomic_dir(final) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
         require_valid(final)
-        state_path = self.models_dir / model / ACTIVE
-        if not state_path.is_file():
+        return self._register(model, version, activate)
+
+    def place(self, staged: Path, model: str, version: str, activate: bool = True) -> Version:
+        """Move a verified directory (on the repository's filesystem) in as MODEL/VERSION with one rename."""
+        check_name(model, "model")
+        check_name(version, "version")
+        final = self.models_dir / model / version
+        if final.exists():
+            raise EnclaveError(f"{model} version {version} is already in {self.root}", fix="install it under another version")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, final)
+        return self._register(model, version, activate)
+
+    def _register(self, model: str, version: str, activate: bool) -> Version:
+        if not (self.models_dir / model / ACTIVE).is_file():
             self._write_state(model, {"active": version, "previous": []})
         elif activate:
             self.activate(model, version)
@@ -112,6 +126,15 @@ class Repository:
         with atomic_dir(self.adapters_dir / manifest.name) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
         return manifest
+
+    def place_adapter(self, staged: Path, name: str) -> None:
+        """Move a verified adapter directory in as adapters/NAME with one rename (a new name only)."""
+        check_name(name, "adapter")
+        final = self.adapters_dir / name
+        if final.exists():
+            raise EnclaveError(f"adapter {name!r} is already in {self.root}", fix="install it under another name")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, final)
 
     def adapter(self, name: str) -> Path:
         """A verified adapter directory by name (no paths: names only)."""

@@ -29,6 +29,9 @@ from serve.service import AdminService, Gate, InferenceService
 
 log = logging.getLogger("enclave.serve")
 SERVICES = ("enclave.v1.Inference", "enclave.v1.Admin")
+# A health service name that is SERVING from the moment the server listens until it exits, also
+# while loading and draining: the liveness probe. Readiness is the overall service "".
+LIVENESS = "liveness"
 
 
 def credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
@@ -77,7 +80,20 @@ class Server:
             raise EnclaveError(f"port: cannot listen on {address} (in use, or not an address of this machine)",
                                fix="pick another --port (0 picks a free one) or stop what holds it") from None
         self.metrics_port: int | None = None
+        self.probe, self.health_port = self._probe_server(cfg)
         self.watcher: asyncio.Task | None = None
+
+    def _probe_server(self, cfg: ServeConfig):
+        """The health-only plaintext server for probes (it carries no model traffic and no data)."""
+        if cfg.health_port is None:
+            return None, None
+        probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+        try:
+            return probe, probe.add_insecure_port(f"{cfg.host}:{cfg.health_port}")
+        except RuntimeError:
+            raise EnclaveError(f"health_port: cannot listen on {cfg.host}:{cfg.health_port} (in use, or not an address of this machine)",
+                               fix="pick another health_port (0 picks a free one), or leave it empty for none") from None
 
     async def _status(self, status) -> None:
         for name in ("", *SERVICES):
@@ -86,7 +102,10 @@ class Server:
     async def start(self) -> None:
         """Listen (NOT_SERVING), load and warm the models, then SERVING."""
         await self._status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc.start()
+        if self.probe is not None:
+            await self.probe.start()
         if self.cfg.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve(self.cfg.host, self.cfg.metrics_port)
@@ -112,6 +131,8 @@ class Server:
         if self.watcher is not None:
             self.watcher.cancel()
         await self.grpc.stop(grace)
+        if self.probe is not None:
+            await self.probe.stop(0)
         await self.models.close()
         self.metrics.close()
         self.audit.close()
@@ -130,13 +151,16 @@ async def serve(cfg: ServeConfig) -> int:
     await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and starting.exception() is not None:
         await server.grpc.stop(0)
+        if server.probe is not None:
+            await server.probe.stop(0)
         server.metrics.close()
         raise starting.exception()
     if not starting.done():  # stopped while loading
         starting.cancel()
         await server.stop(0)
         return 0
-    print(f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}", flush=True)
+    probe = f", health on port {server.health_port}" if server.health_port else ""
+    print(f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}{probe}", flush=True)
     await stopping
     log.info("signal received: shutting down")
     await server.stop()

@@ -26,6 +26,7 @@ COMMANDS = {
     "compress": "enclave.cli.compress",
     "serve": "enclave.cli.serve",
     "client": "enclave.cli.client",
+    "bundle": "enclave.cli.bundle",
 }
 
 

@@ -27,6 +27,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                            ("tokenize", "the token ids and pieces of a text")):  # fmt: skip
         p = sub.add_parser(name, help=helptext, description=helptext)
         _connection(p)
+        if name == "health":
+            p.add_argument("--service", default="", help="a service name: '' (default) is ready to serve, 'liveness' is the process is up")
         if name in ("generate", "stream", "tokenize"):
             p.add_argument("prompt", help="the text; '-' reads standard input")
             p.add_argument("--model", default="", help="model name (default: the server's default)")
@@ -122,7 +124,7 @@ def _models(client, args) -> int:
 
 
 def _health(client, args) -> int:
-    status = client.health()
+    status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -59,7 +59,8 @@ async def open_engine(kind: str, root: Path, tokenizer, cfg, name: str, gauges):
     backend = choose(kind)
     module = importlib.import_module(MODULES[backend][0])
     if hasattr(module, "Engine"):  # a backend with its own scheduler (vLLM)
-        engine = module.Engine(root, tokenizer, cfg.scheduler, name, gauges, memory_share=cfg.vllm_memory_share)
+        engine = module.Engine(root, tokenizer, cfg.scheduler, name, gauges, memory_share=cfg.vllm_memory_share,
+                              tensor_parallel_size=cfg.vllm_tensor_parallel_size)
         await engine.start()
         return engine
     model = await asyncio.to_thread(module.Backend, root, cfg.threads)

@@ -30,11 +30,13 @@ class Engine:
 
     backend = BACKEND
 
-    def __init__(self, root: Path, tokenizer, settings: SchedulerSettings, name: str, gauges=None, memory_share: float = 0.3) -> None:
+    def __init__(self, root: Path, tokenizer, settings: SchedulerSettings, name: str, gauges=None, memory_share: float = 0.3,
+                 tensor_parallel_size: int = 1) -> None:
         self.root, self.tokenizer, self.settings, self.name, self.gauges = Path(root), tokenizer, settings, name, gauges
         config = json.loads((self.root / "config.json").read_text())
         self.context_length = int(config.get("max_position_embeddings") or 2048)
         self.memory_share = memory_share
+        self.tensor_parallel_size = tensor_parallel_size
         self.tasks: dict[int, tuple[Job, asyncio.Task]] = {}
         self.loras: dict[str, object] = {}
         self.lora_ids = 0
@@ -53,7 +55,7 @@ class Engine:
             model=str(self.root), tokenizer=str(self.root), trust_remote_code=False, seed=0,
             max_model_len=self.context_length, max_num_seqs=self.settings.max_batch_size,
             max_num_batched_tokens=max(self.settings.max_batched_tokens, self.context_length),
-            gpu_memory_utilization=self.memory_share, enable_lora=True, max_loras=max(4, len(bundled)), max_lora_rank=64,
+            gpu_memory_utilization=self.memory_share, tensor_parallel_size=self.tensor_parallel_size, enable_lora=True, max_loras=max(4, len(bundled)), max_lora_rank=64,
         )  # fmt: skip
         self.llm = AsyncLLM.from_engine_args(args)
         for path in bundled:

@@ -1,9 +1,4 @@
-"""A model repository with tiny models, and a real server on port 0 in a background thread.
-
-The repository (built once per session): ``tiny`` = a chatty 2-layer Llama checkpoint (torch
-backend) with a LoRA adapter tuned on it in REPO/adapters, and ``tiny-onnx`` = the same weights
-exported to ONNX fp32 (onnxruntime backend).
-"""
+"""A real server on port 0 in a background thread, on the session's ``serve_repo`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import build_tiny_checkpoint, fact_rows, write_jsonl
 
 pytest.importorskip("grpc")
 pytest.importorskip("onnxruntime")
@@ -27,34 +20,6 @@ def status_of(call) -> tuple:
     with pytest.raises(grpc.RpcError) as e:
         call()
     return e.value.code(), e.value.details()
-
-
-@pytest.fixture(scope="session")
-def serve_repo(tmp_path_factory) -> Path:
-    from compress import registry
-    from compress.config import ExportSettings
-    from enclave.config import load_config
-    from enclave.importer import import_model
-    from serve.repository import Repository
-    from tests.tune.conftest import tiny_overrides
-    from tune.config import TuneConfig
-    from tune.run import run as tune
-
-    root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ENCLAVE_HOME", str(root / "home"))
-        ckpt = build_tiny_checkpoint(root / "chatty", hidden=64, init_std=0.5)
-        base = import_model(ckpt, "chatty")
-        other = import_model(build_tiny_checkpoint(root / "chatty2", seed=1, hidden=64, init_std=0.5), "chatty2")
-        onnx = registry.get("export").run("chatty", ExportSettings(precision="fp32", check_tokens=8), root / "onnx", "chatty-onnx")
-        data = write_jsonl(root / "facts.jsonl", fact_rows())
-        adapter = tune(load_config(TuneConfig, None, tiny_overrides("chatty", data, name="facts", **{"train.max_steps": 4})))
-        repo = Repository(root / "repo")
-        repo.add(base, "tiny", "1")
-        repo.add(other, "tiny", "2", activate=False)
-        repo.add(onnx, "tiny-onnx", "1")
-        repo.add_adapter(adapter)
-    return repo.root
 
 
 def serve_config(repo: Path, **overrides):

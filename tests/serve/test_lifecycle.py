@@ -186,6 +186,7 @@ def test_not_serving_until_the_models_are_warm(serve_repo, monkeypatch):
         starting = asyncio.run_coroutine_threadsafe(server.start(), loop)
         with Client(f"127.0.0.1:{server.port}") as client:
             assert _wait(lambda: _health(client) == "NOT_SERVING", 10)
+            assert client.health("liveness") == "SERVING"  # loading is not a reason to restart the process
             with pytest.raises(grpc.RpcError) as e:
                 client.generate("hi", max_tokens=1)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -104,13 +104,18 @@ def test_tls_and_mutual_tls(serve_repo, tmp_path):
             assert secure.generate("hi", max_tokens=3).usage.completion_tokens == 3
         with Client(target, timeout=5) as plain:
             assert _code(lambda: plain.models())[0] == grpc.StatusCode.UNAVAILABLE
-    mtls = serve_config(serve_repo, tls__cert=str(c / "server.pem"), tls__key=str(c / "server.key"), tls__client_ca=str(c / "ca.pem"))
+    mtls = serve_config(serve_repo, tls__cert=str(c / "server.pem"), tls__key=str(c / "server.key"), tls__client_ca=str(c / "ca.pem"),
+                        health_port=0)  # fmt: skip
     with running(mtls) as server:
         target = f"localhost:{server.port}"
         with Client(target, ca=str(c / "ca.pem"), cert=str(c / "client.pem"), key=str(c / "client.key")) as ok:
             assert ok.generate("hi", max_tokens=3).usage.completion_tokens == 3
         with Client(target, ca=str(c / "ca.pem"), timeout=5) as no_cert:
             assert _code(lambda: no_cert.models())[0] == grpc.StatusCode.UNAVAILABLE
+        # The probe port: plaintext health for Kubernetes probes, and nothing else.
+        with Client(f"127.0.0.1:{server.health_port}", timeout=5) as probe:
+            assert probe.health() == "SERVING" and probe.health("liveness") == "SERVING"
+            assert _code(lambda: probe.models())[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_tls_settings_errors(serve_repo, tmp_path):

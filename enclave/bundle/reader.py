@@ -1,0 +1,174 @@
+"""Check a bundle in one pass: the signature over bundle.json, then every tar entry against it.
+
+Nothing is trusted before the signature checks. Entries are read at most up to their declared
+size; with ``extract_to`` the checked bytes are written there as they are hashed, so a bundle is
+read once whether it is verified or installed. Every problem is collected, file by file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enclave.bundle import keys
+from enclave.bundle.layout import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, parse_manifest, unsafe_path
+from enclave.errors import EnclaveError
+
+_MAX_META = 16 << 20
+_BLOCK = 1 << 20
+
+
+@dataclass
+class Report:
+    """What reading a bundle found."""
+
+    path: Path
+    manifest: BundleManifest | None = None
+    signed_by: str | None = None
+    """The trusted key id the signature checked against; None when it did not."""
+    problems: list[str] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.manifest is not None and self.signed_by is not None
+
+
+def read_bundle(path: Path, trusted: dict[str, object], extract_to: Path | None = None) -> Report:
+    """Check (and optionally unpack) the bundle at ``path`` against the ``trusted`` public keys."""
+    report = Report(Path(path))
+    if not report.path.is_file():
+        raise EnclaveError(f"{path}: no such bundle file", fix="pass the .tar made by `enclave bundle create`")
+    try:
+        with tarfile.open(report.path, "r|*") as tar:
+            _read(tar, report, trusted, extract_to)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        report.problems.append(f"the tar file is truncated or damaged ({exc}); nothing after this point was read")
+    return report
+
+
+def _read(tar: tarfile.TarFile, report: Report, trusted: dict[str, object], extract_to: Path | None) -> None:
+    members = iter(tar)
+    meta = _metadata(tar, members, report)
+    if meta is None:
+        return
+    data, signature = meta
+    _check_signature(data, signature, trusted, report)
+    try:
+        report.manifest = parse_manifest(data)
+    except EnclaveError as exc:
+        report.problems.append(str(exc))
+        return
+    _check_members(tar, members, report, extract_to)
+
+
+def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dict | None] | None:
+    first = next(members, None)
+    if first is None or first.name != MANIFEST_NAME or not first.isreg() or first.size > _MAX_META:
+        report.problems.append(f"{MANIFEST_NAME} is not the first entry: not an Enclave bundle (made by `enclave bundle create`)")
+        return None
+    data = tar.extractfile(first).read()
+    second = next(members, None)
+    if second is None or second.name != SIGNATURE_NAME or not second.isreg() or second.size > 4096:
+        report.problems.append(f"{SIGNATURE_NAME}: missing, the bundle is unsigned; only signed bundles are installed")
+        return data, None
+    try:
+        return data, json.loads(tar.extractfile(second).read())
+    except ValueError:
+        report.problems.append(f"{SIGNATURE_NAME}: not JSON; the signature cannot be read")
+        return data, None
+
+
+def _check_signature(data: bytes, signature: dict | None, trusted: dict[str, object], report: Report) -> None:
+    if signature is None:
+        return
+    kid = signature.get("key_id") if isinstance(signature, dict) else None
+    if kid not in trusted:
+        report.problems.append(f"{SIGNATURE_NAME}: signed by key {kid}, which is not a trusted key "
+                               f"(trusted: {', '.join(sorted(trusted))}); pass the creator's public key with --key")  # fmt: skip
+    elif not keys.check(trusted[kid], data, signature):
+        report.problems.append(f"{SIGNATURE_NAME}: the signature does not match {MANIFEST_NAME}: it was changed after signing")
+    else:
+        report.signed_by = kid
+
+
+def _check_members(tar: tarfile.TarFile, members, report: Report, extract_to: Path | None) -> None:
+    from tqdm import tqdm
+
+    declared = {f.path: f for f in report.manifest.files}
+    seen: set[str] = set()
+    total = sum(f.size for f in report.manifest.files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="checking bundle", disable=None, leave=False) as bar:
+        for member in members:
+            name = member.name
+            why = _refuse(member, declared, seen)
+            if why:
+                report.problems.append(f"{name}: {why}")
+                seen.add(name) if name in declared else None
+                continue
+            seen.add(name)
+            if member.isdir():
+                continue
+            digest = _copy(tar, member, extract_to, bar)
+            report.checked += 1
+            if digest != declared[name].sha256:
+                report.problems.append(f"{name}: sha256 differs from {MANIFEST_NAME} (the file was changed after signing)")
+    for missing in sorted(set(declared) - seen):
+        report.problems.append(f"{missing}: listed in {MANIFEST_NAME} but missing from the bundle")
+
+
+def _refuse(member: tarfile.TarInfo, declared: dict, seen: set[str]) -> str | None:
+    """Why an entry is refused before any of its bytes are read, or None."""
+    name = member.name
+    unsafe = unsafe_path(name)
+    if unsafe:
+        return f"refused: {unsafe}"
+    if member.issym() or member.islnk():
+        base = posixpath.dirname(name) if member.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, member.linkname))
+        leaves = member.linkname.startswith("/") or target == ".." or target.startswith("../")
+        where = "which leaves the bundle" if leaves else "bundles hold regular files only"
+        return f"refused: a link to {member.linkname!r}, {where}"
+    if member.isdir():
+        return None if any(p.startswith(name + "/") for p in declared) else "refused: a directory not in bundle.json"
+    if not member.isreg():
+        return "refused: a device, fifo or other special file"
+    if name in seen:
+        return "refused: appears twice in the tar"
+    if name not in declared:
+        return f"refused: not listed in {MANIFEST_NAME} (an extra file)"
+    if member.size > declared[name].size:
+        return f"refused: larger than declared ({member.size} > {declared[name].size} bytes)"
+    if member.size < declared[name].size:
+        return f"smaller than declared ({member.size} < {declared[name].size} bytes): truncated"
+    return None
+
+
+def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, extract_to: Path | None, bar) -> str:
+    h = hashlib.sha256()
+    src = tar.extractfile(member)
+    out = None
+    if extract_to is not None:
+        dest = Path(extract_to, *member.name.split("/"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb")
+    try:
+        left = member.size
+        while left > 0:
+            block = src.read(min(_BLOCK, left))
+            if not block:
+                raise EOFError(f"{member.name} ends early")
+            h.update(block)
+            if out is not None:
+                out.write(block)
+            left -= len(block)
+            bar.update(len(block))
+    finally:
+        if out is not None:
+            out.close()
+    return h.hexdigest()
