@@ -8,6 +8,7 @@ read once whether it is verified or installed. Every problem is collected, file 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -57,7 +58,9 @@ def _read(tar: tarfile.TarFile, report: Report, trusted: dict[str, object], extr
     meta = _metadata(tar, members, report)
     if meta is None:
         return
-    data, signature = meta
+    data, signature, unread = meta
+    if unread is not None:  # no signature: the second entry is an ordinary one, checked below
+        members = itertools.chain([unread], members)
     _check_signature(data, signature, trusted, report)
     try:
         report.manifest = parse_manifest(data)
@@ -67,7 +70,8 @@ def _read(tar: tarfile.TarFile, report: Report, trusted: dict[str, object], extr
     _check_members(tar, members, report, extract_to)
 
 
-def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dict | None] | None:
+def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dict | None, tarfile.TarInfo | None] | None:
+    """bundle.json's bytes, the parsed signature (None when absent or unreadable), and an entry read past."""
     first = next(members, None)
     if first is None or first.name != MANIFEST_NAME or not first.isreg() or first.size > _MAX_META:
         report.problems.append(f"{MANIFEST_NAME} is not the first entry: not an Enclave bundle (made by `enclave bundle create`)")
@@ -76,12 +80,12 @@ def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dic
     second = next(members, None)
     if second is None or second.name != SIGNATURE_NAME or not second.isreg() or second.size > 4096:
         report.problems.append(f"{SIGNATURE_NAME}: missing, the bundle is unsigned; only signed bundles are installed")
-        return data, None
+        return data, None, second
     try:
-        return data, json.loads(tar.extractfile(second).read())
+        return data, json.loads(tar.extractfile(second).read()), None
     except ValueError:
         report.problems.append(f"{SIGNATURE_NAME}: not JSON; the signature cannot be read")
-        return data, None
+        return data, None, None
 
 
 def _check_signature(data: bytes, signature: dict | None, trusted: dict[str, object], report: Report) -> None:
