@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enclave.bundle import wheels as wheel_files
-from enclave.bundle.layout import WHEELS_DIR, BundledArtifact
+from enclave.bundle.layout import WHEELS_DIR, BundledArtifact, BundleManifest
 from enclave.bundle.reader import Report, read_bundle
-from enclave.errors import EnclaveError
-from enclave.manifest import MANIFEST, read_manifest, require_valid
+from enclave.errors import EnclaveError, IntegrityError
+from enclave.manifest import MANIFEST, content_digest, read_manifest
 
 
 STAGING = ".bundle-incoming-"
@@ -74,7 +74,7 @@ def _install(repo, path: Path, trusted: dict[str, object], activate: bool, wheel
         report = read_bundle(path, trusted, extract_to=staging)
         if not report.ok:
             raise BundleRefused(report)
-        todo, done = _plan(repo, staging, report.manifest.artifacts)
+        todo, done = _plan(repo, staging, report.manifest)
         if wheels and report.manifest.wheels is not None:
             wheel_files.install(staging / WHEELS_DIR, python)
             done.wheels = report.manifest.wheels.count
@@ -94,14 +94,24 @@ def _final(repo, art: BundledArtifact) -> Path:
     return repo.models_dir / art.name / art.version if art.role == "model" else repo.adapters_dir / art.name
 
 
-def _plan(repo, staging: Path, artifacts: list[BundledArtifact]) -> tuple[list[BundledArtifact], Installed]:
+def _check_artifact(staging: Path, art: BundledArtifact, bundle: BundleManifest) -> None:
+    """The unpacked artifact's manifest lists exactly the files bundle.json lists under it, with the same
+    sizes and hashes (the reader has just hashed those, so nothing is read twice), and its digest."""
+    manifest = read_manifest(staging / art.path)
+    listed = {(f.path, f.size, f.sha256) for f in bundle.files if f.path.startswith(art.path + "/") and f.path != f"{art.path}/{MANIFEST}"}
+    own = {(f"{art.path}/{f.path}", f.size, f.sha256) for f in manifest.files}
+    if own != listed or content_digest(list(manifest.files)) != manifest.digest:
+        raise IntegrityError(str(staging / art.path), [f"{art.path}: its manifest.json does not match the files bundle.json lists for it"])
+    if manifest.digest != art.digest:
+        raise EnclaveError(f"{art.path}: its manifest digest {manifest.digest[:19]} is not the one bundle.json lists ({art.digest[:19]})",
+                           fix="recreate the bundle")  # fmt: skip
+
+
+def _plan(repo, staging: Path, bundle: BundleManifest) -> tuple[list[BundledArtifact], Installed]:
     """Check every unpacked artifact and every destination before anything moves."""
     todo, done = [], Installed()
-    for art in artifacts:
-        manifest = require_valid(staging / art.path)
-        if manifest.digest != art.digest:
-            raise EnclaveError(f"{art.path}: its manifest digest {manifest.digest[:19]} is not the one bundle.json lists ({art.digest[:19]})",
-                               fix="recreate the bundle")  # fmt: skip
+    for art in bundle.artifacts:
+        _check_artifact(staging, art, bundle)
         final = _final(repo, art)
         if (final / MANIFEST).is_file():
             if read_manifest(final).digest == art.digest:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import enclave
 from enclave import __version__
 from enclave.bundle.layout import Wheels
 from enclave.errors import EnclaveError
+from enclave.manifest import sha256_file
 
 EXTRAS = "serve"
-TORCH_KINDS = ("base_model", "merged", "pruned", "distilled", "quantized")
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
@@ -26,20 +25,22 @@ def source_tree() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "enclave").is_dir() else None
 
 
-def _pip(args: list[str], what: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+_INDEX_FIX = "check that the package index is reachable from this machine, or leave out --wheels"
+
+
+def _pip(args: list[str], what: str, fix: str = _INDEX_FIX, python: str = sys.executable) -> None:
+    """Run pip; a failure is an EnclaveError with pip's last lines."""
+    done = subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stdout.strip().splitlines()[-8:])
-        raise EnclaveError(f"{what} failed (pip exited {done.returncode}):\n{tail}",
-                           fix="check that the package index is reachable from this machine, or pass --no-wheels")  # fmt: skip
+        raise EnclaveError(f"{what} failed (pip exited {done.returncode}):\n{tail}", fix=fix)
 
 
 def download(dest: Path, python_version: str | None, platform: str | None, enclave_wheel: Path | None, extras: str = EXTRAS) -> Wheels:
     """Fill ``dest`` with the enclave-llm wheel and every wheel `enclave-llm[EXTRAS]` needs; write requirements.txt."""
     dest.mkdir(parents=True, exist_ok=True)
+    root = source_tree()
     if enclave_wheel is None:
-        root = source_tree()
         if root is None:
             raise EnclaveError("--wheels needs the enclave-llm wheel: this Enclave was not installed from a checkout",
                                fix="pass --enclave-wheel PATH (the .whl you installed from)")  # fmt: skip
@@ -50,7 +51,6 @@ def download(dest: Path, python_version: str | None, platform: str | None, encla
         args += ["--python-version", python_version, "--implementation", "cp"]
     if platform:
         args += ["--platform", platform]
-    root = source_tree()
     if root is not None and (root / "constraints.txt").is_file():
         args += ["-c", str(root / "constraints.txt")]
     _pip([*args, f"{Path(enclave_wheel).resolve()}[{extras}]"], f"pip download enclave-llm[{extras}]")
@@ -66,7 +66,7 @@ def write_requirements(folder: Path, extras: str = EXTRAS) -> int:
         m = _WHEEL.match(wheel.name)
         if not m:
             raise EnclaveError(f"{wheel.name}: not a wheel file name pip understands", fix="remove it from the wheels folder")
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = sha256_file(wheel)
         name = "enclave-llm" if m["name"] == "enclave_llm" else m["name"]
         extra = f"[{extras}]" if name == "enclave-llm" else ""
         lines.append(f"{name}{extra}=={m['version']} --hash=sha256:{digest}")
@@ -76,11 +76,6 @@ def write_requirements(folder: Path, extras: str = EXTRAS) -> int:
 
 def install(folder: Path, python: str) -> None:
     """Install the bundle's wheels with no index: only these files, each checked against its hash."""
-    cmd = [python, "-m", "pip", "--disable-pip-version-check", "install", "--quiet", "--no-index", "--find-links", str(folder),
-           "--require-hashes", "-r", str(folder / "requirements.txt")]  # fmt: skip
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stdout.strip().splitlines()[-8:])
-        raise EnclaveError(f"installing the bundle's wheels into {python} failed:\n{tail}",
-                           fix="the wheels must match the target's Python and platform: recreate the bundle with "
-                           "--python-version and --platform for this machine")  # fmt: skip
+    _pip(["install", "--quiet", "--no-index", "--find-links", str(folder), "--require-hashes", "-r", str(folder / "requirements.txt")],
+         f"installing the bundle's wheels into {python}", python=python,
+         fix="the wheels must match the target's Python and platform: recreate the bundle with --python-version and --platform for this machine")  # fmt: skip

@@ -99,7 +99,7 @@ def _create(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="enclave-wheels-") as tmp:
         info = None
         if args.wheels:
-            print("downloading enclave-llm[serve] and its dependencies as wheels ...", file=sys.stderr)
+            print(f"downloading enclave-llm[{args.extras}] and its dependencies as wheels ...", file=sys.stderr)
             _warn_backends(artifacts, args.extras)
             info = wheels.download(Path(tmp), args.python_version, args.platform, args.enclave_wheel, args.extras)
             sources += create.wheel_sources(Path(tmp))
@@ -109,9 +109,9 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _warn_backends(artifacts: list, extras: str) -> None:
-    from enclave.bundle.wheels import TORCH_KINDS
+    from serve.backends import BACKENDS
 
-    needs_torch = [f"{a.name} ({a.kind})" for a in artifacts if a.role == "model" and a.kind in TORCH_KINDS]
+    needs_torch = [f"{a.name} ({a.kind})" for a in artifacts if a.role == "model" and BACKENDS.get(a.kind) == ("torch",)]
     if needs_torch and "torch" not in extras.split(","):
         print(f"warning: {', '.join(needs_torch)} run on the torch backend, which enclave-llm[{extras}] does not install; "
               f"add --extras {extras},torch, or ship ONNX exports", file=sys.stderr)  # fmt: skip

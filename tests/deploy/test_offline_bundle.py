@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,10 @@ HERE = Path(__file__).parent
 
 def _netns() -> list[str]:
     """A prefix that runs a command in a new network namespace with loopback up; [] where not permitted."""
-    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True) if _which("unshare") and _which("ip") else None
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True) if shutil.which("unshare") and shutil.which("ip") else None
     if probe is None or probe.returncode != 0:
         return []
     return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"]
-
-
-def _which(name: str) -> bool:
-    import shutil
-
-    return shutil.which(name) is not None
 
 
 def offline(cmd: list[str], log: Path, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -265,3 +265,26 @@ def test_one_install_at_a_time(bundle, signer, tmp_path):
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(EnclaveError, match="another `enclave bundle install` is running"):
             install_bundle(bundle, trusted, tmp_path / "repo")
+
+
+def test_artifact_manifest_must_match_what_the_bundle_lists(bundle, signer, tmp_path):
+    """A trusted creator's bundle whose artifact manifest disagrees with bundle.json is still refused."""
+    import hashlib
+
+    private, trusted, _ = signer
+    items = members(bundle)
+    i = next(k for k, (m, _) in enumerate(items) if m.name == "models/clinic/1/manifest.json")
+    raw = json.loads(items[i][1])
+    raw["files"] = raw["files"][:1]  # forgets a file the bundle carries
+    data = json.dumps(raw).encode()
+    info = tarfile.TarInfo(items[i][0].name)
+    info.size = len(data)
+    items[i] = (info, data)
+
+    def declare(manifest):
+        entry = next(f for f in manifest["files"] if f["path"] == "models/clinic/1/manifest.json")
+        entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    with pytest.raises(EnclaveError, match="does not match the files bundle.json lists"):
+        install_bundle(repack(tmp_path / "m.tar", resign(items, private, declare)), trusted, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "models").exists()
