@@ -64,9 +64,10 @@ class Client:
     @staticmethod
     def request(prompt: str | list[dict], chat: bool = False, model: str = "", version: str = "", adapter: str = "",
                 request_id: str = "", max_tokens: int = 0, temperature: float | None = None, top_p: float | None = None,
-                top_k: int = 0, repetition_penalty: float | None = None, stop: tuple[str, ...] = (), seed: int | None = None) -> pb.GenerateRequest:  # fmt: skip
+                top_k: int = 0, repetition_penalty: float | None = None, stop: tuple[str, ...] = (), seed: int | None = None,
+                min_tokens: int = 0) -> pb.GenerateRequest:  # fmt: skip
         """A GenerateRequest: ``prompt`` is text (sent raw, or as one user message with ``chat``) or a list of messages."""
-        sampling = pb.SamplingParams(max_tokens=max_tokens, top_k=top_k, stop=list(stop))
+        sampling = pb.SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, top_k=top_k, stop=list(stop))
         for name, value in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty), ("seed", seed)):
             if value is not None:
                 setattr(sampling, name, value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.backends.base import Event, Job, StepModel
+from serve.backends.base import Event, Job, Outbox, StepModel
 from serve.config import SchedulerSettings
 from serve.errors import DeadlineExceeded, ResourceExhausted
 from serve.sampling import Sampler
@@ -35,7 +35,7 @@ class _Seq:
     alive: bool = True
 
     def advance(self, logits: np.ndarray) -> bool:
-        return self.tracker.accept(self.sampler(logits, self.tracker.seen))  # an array only if the penalty needs one
+        return self.tracker.accept(self.sampler(logits, self.tracker.seen, self.tracker.banned()))
 
 
 class StepEngine:
@@ -50,6 +50,7 @@ class StepEngine:
         self.queued_tokens = 0
         self.running: list[_Seq] = []
         self.batch = model.new_batch()
+        self.outbox = Outbox()
         self.cv = threading.Condition()
         self.closing = False
         self.calls: list[tuple] = []  # (fn, future, ready) run on the model thread between steps
@@ -149,6 +150,7 @@ class StepEngine:
                     if job.finished is None:
                         job.emit(Event([], error=exc))
                 self.running, self.batch = [], self.model.new_batch()
+            self.outbox.flush()
             with self.cv:
                 self._update_gauges(stepped=True)
 
@@ -170,6 +172,7 @@ class StepEngine:
             if out and len(job.prompt_ids) > budget:
                 break
             self.waiting.popleft()
+            job.outbox = self.outbox
             self.queued_tokens -= len(job.prompt_ids)
             budget -= len(job.prompt_ids)
             out.append(job)
@@ -186,6 +189,7 @@ class StepEngine:
             if self._advance(seq, logits):
                 self.batch.add(row)
                 self.running.append(seq)
+            self.outbox.flush()  # its first token goes out now, not after the other prefills and the step
         if not self.running:
             return
         logits = self.batch.step([s.tracker.last for s in self.running])  # (rows, vocab)

@@ -65,11 +65,14 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         raise InvalidArgument(f"sampling.repetition_penalty: {penalty} must be a number above 0 (1 turns it off)")
     if len(p.stop) > MAX_STOP:
         raise InvalidArgument(f"sampling.stop: {len(p.stop)} strings; at most {MAX_STOP}")
+    if p.min_tokens > max_tokens:
+        raise InvalidArgument(f"sampling.min_tokens: {p.min_tokens} is above sampling.max_tokens ({max_tokens}); lower it or raise max_tokens")
     for i, s in enumerate(p.stop):
         if not s or len(s) > MAX_STOP_CHARS:
             raise InvalidArgument(f"sampling.stop[{i}]: must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
     return Sampling(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=int(p.top_k),
-                    repetition_penalty=float(penalty), stop=tuple(p.stop), seed=p.seed if p.HasField("seed") else None)  # fmt: skip
+                    repetition_penalty=float(penalty), stop=tuple(p.stop), seed=p.seed if p.HasField("seed") else None,
+                    min_tokens=int(p.min_tokens))  # fmt: skip
 
 
 def check_prompt(ids: list[int], context_length: int, limits: LimitSettings) -> None:

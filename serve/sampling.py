@@ -19,10 +19,17 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, seen) -> int:
-        """The next token, given this row's logits (V,) and the ids seen so far (prompt + generated)."""
+    def __call__(self, logits: np.ndarray, seen, banned=()) -> int:
+        """The next token, given this row's logits (V,), the ids seen so far (prompt + generated)
+        and ids that may not come next (end-of-sequence before ``min_tokens``)."""
         p = self.params
+        if p.temperature < 1e-5 and p.repetition_penalty == 1.0:  # greedy: no copy unless a ban hits
+            best = int(np.argmax(logits))
+            if best not in banned:
+                return best
         logits = logits.astype(np.float64, copy=True)
+        if banned:
+            logits[list(banned)] = -np.inf
         if p.repetition_penalty != 1.0 and len(seen):
             # CTRL (Keskar et al. 2019): divide positive logits, multiply negative ones.
             ids = np.unique(np.asarray(seen))

@@ -48,6 +48,11 @@ class Gate:
         self.open[caller.id] -= 1
 
 
+def _merge(a: Event, b: Event) -> Event:
+    """Two consecutive events of one request as one."""
+    return Event(a.token_ids + b.token_ids, a.text + b.text, finish=b.finish, error=b.error)
+
+
 class _Call:
     """One generation call: its job, and the accounting when it ends."""
 
@@ -77,6 +82,8 @@ class _Call:
             engine.submit(self.job)
             while True:
                 event: Event = await self.job.queue.get()
+                while not self.job.queue.empty() and event.finish is None and event.error is None:
+                    event = _merge(event, self.job.queue.get_nowait())  # a slow reader gets fewer, larger messages
                 if event.error is not None:
                     raise event.error
                 self._timing(event)
@@ -98,8 +105,9 @@ class _Call:
             m.ttft.labels(*labels).observe(now - self.job.arrived)
             if self.job.started is not None:
                 m.queue.labels(*labels).observe(self.job.started - self.job.arrived)
+            self.itl = m.itl.labels(*labels)
         else:
-            m.itl.labels(*labels).observe((now - self.last_token) / len(event.token_ids))
+            self.itl.observe((now - self.last_token) / len(event.token_ids))
         self.last_token = now
 
     def usage(self) -> tuple[pb.Usage, pb.Timings]:

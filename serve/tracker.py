@@ -19,6 +19,10 @@ class Tracker:
         self.seen = list(job.prompt_ids)
         self.last = -1
 
+    def banned(self) -> tuple[int, ...]:
+        """Tokens the sampler may not pick now: end-of-sequence until min_tokens are out."""
+        return tuple(self.eos) if self.job.generated < self.job.sampling.min_tokens else ()
+
     def accept(self, token: int) -> bool:
         """Send one new token to the caller; False when the request is finished."""
         job = self.job

@@ -37,6 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         if name in ("generate", "stream"):
             p.add_argument("--adapter", default="", help="an adapter loaded on the model")
             p.add_argument("--max-tokens", type=int, default=0, help="most tokens to generate (0: the server default)")
+            p.add_argument("--min-tokens", type=int, default=0, help="tokens to generate before end-of-sequence may end the output")
             p.add_argument("--temperature", type=float, help="0 (default) is greedy")
             p.add_argument("--top-p", type=float)
             p.add_argument("--top-k", type=int, default=0)
@@ -79,7 +80,7 @@ def _prompt(args) -> str:
 def _sampling(args) -> dict:
     return dict(model=args.model, version=args.model_version, adapter=args.adapter, chat=args.chat, request_id=args.request_id,
                 max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed)  # fmt: skip
+                repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed, min_tokens=args.min_tokens)  # fmt: skip
 
 
 def _summary(finish, usage, timings, model: str = "") -> str:

@@ -23,6 +23,7 @@ class Sampling:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    min_tokens: int = 0  # the end-of-sequence token is banned until this many are generated
 
 
 @dataclass
@@ -53,13 +54,39 @@ class Job:
     finished: float | None = None
     generated: int = 0
     cancelled: bool = False
+    outbox: Outbox | None = None  # set by an engine that delivers a whole step's events at once
 
     def emit(self, event: Event) -> None:
         """Hand an event to the caller's coroutine (thread-safe)."""
         if event.finish or event.error:
             self.finished = time.monotonic()
-        if self.loop is not None and not self.loop.is_closed():
+        if self.outbox is not None:
+            self.outbox.items.append((self, event))
+        elif self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+class Outbox:
+    """Events of one engine phase, handed to the callers' event loop in one wake-up instead of
+    one per request (the loop thread competes with the model's threads for the same cores)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Job, Event]] = []
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        by_loop: dict = {}
+        for job, event in items:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job.queue, event))
+        for loop, batch in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list) -> None:
+    for queue, event in batch:
+        queue.put_nowait(event)
 
 
 class Batch(Protocol):

@@ -2,9 +2,11 @@
 
 The exported graph uses GroupQueryAttention, which reads each row's length from the attention
 mask and writes the new key/value at that row's own position; so rows of different lengths
-share one right-padded KV buffer (batch, kv_heads, longest, head_dim) and a decode step is one
-``session.run`` for the whole batch. The CUDA execution provider is used when onnxruntime-gpu
-is installed. Adapters are not supported here: serve them with the torch or vLLM backend.
+share one right-padded KV buffer (batch, kv_heads, capacity, head_dim) and a decode step is one
+run of the session for the whole batch. On CPU the buffer is preallocated and updated in place
+(IO binding); the CUDA execution provider, used when onnxruntime-gpu is installed, gets the
+cache as inputs and returns it grown. Adapters are not supported here: serve them with the torch
+or vLLM backend.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Backend:
         self.kv = (dec["num_key_value_heads"], dec["head_size"])
         self.context_length = int(cfg["context_length"])
         self.position_ids = "position_ids" in meta
+        self.vocab = int(cfg["vocab_size"])
 
     def _run(self, tokens: np.ndarray, lengths: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """tokens (B, T) appended to rows whose total lengths become ``lengths``; past (B, H, P, D) each."""
@@ -70,8 +73,9 @@ class Backend:
         logits, present = self._run(np.array([prompt_ids], np.int64), np.array([len(prompt_ids)]), empty)
         return logits[0], (present, len(prompt_ids))
 
-    def new_batch(self) -> OrtBatch:
-        return OrtBatch(self)
+    def new_batch(self) -> OrtBatch | CopyBatch:
+        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
+        return OrtBatch(self) if on_cpu else CopyBatch(self)
 
     def load_adapter(self, name: str, path: Path) -> None:
         raise FailedPrecondition(f"adapter {name!r}: the onnxruntime backend does not run adapters; merge it before "
@@ -82,12 +86,109 @@ class Backend:
 
 
 class OrtBatch:
-    """Right-padded KV buffers for the running rows."""
+    """The running rows' KV caches in preallocated buffers that the graph updates in place.
+
+    Each past/present pair is bound (IO binding) to one buffer of shape (rows, kv_heads,
+    capacity, head_dim): GroupQueryAttention sees the same pointer for input and output and
+    writes the new key/value at each row's own position, so a decode step copies no cache.
+    Rows and capacity grow by doubling (a long row makes every row's slot that long, as in any
+    rectangular cache); a finished row is replaced by moving the later ones up; an empty batch
+    frees the buffers.
+    """
+
+    initial_capacity = 256  # tokens per row at first; doubled as rows grow
+
+    def __init__(self, model: Backend) -> None:
+        self.model = model
+        self.kv: list[np.ndarray] = []  # per past input: (row capacity, H, capacity, D)
+        self.lengths = np.zeros(0, np.int64)  # tokens in each row's cache
+        self.binding = None  # an io_binding for the current rows and capacity
+        self.logits = np.zeros(0, np.float32)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def _reserve(self, rows: int, length: int) -> None:
+        """Make room for ``rows`` rows of ``length`` tokens (doubling, at most the context)."""
+        have_rows, have_len = (self.kv[0].shape[0], self.kv[0].shape[2]) if self.kv else (0, 0)
+        if rows <= have_rows and length <= have_len:
+            return
+        new_rows = have_rows if rows <= have_rows else max(rows, 2 * have_rows)
+        new_len = have_len if length <= have_len else min(max(length, 2 * have_len, self.initial_capacity), max(length, self.model.context_length))
+        heads, dim = self.model.kv
+        grown = []
+        for old in self.kv or [None] * len(self.model.past):
+            new = np.zeros((new_rows, heads, new_len, dim), self.model.dtype)
+            if old is not None and self.rows:
+                new[: self.rows, :, :have_len] = old[: self.rows]
+            grown.append(new)
+        self.kv, self.binding = grown, None
+
+    def add(self, row) -> None:
+        present, length = row
+        self._reserve(self.rows + 1, length + 1)
+        i = self.rows
+        for buf, p in zip(self.kv, present):  # positions past a row's length are never read
+            buf[i, :, :length] = p[0, :, :length]
+        self.lengths = np.append(self.lengths, length)
+        self.binding = None
+
+    def keep(self, rows: list[int]) -> None:
+        if not rows:  # an idle server holds no cache
+            self.kv, self.lengths, self.binding = [], np.zeros(0, np.int64), None
+            return
+        if rows == sorted(rows):  # move later rows up, one at a time (none if only the last left)
+            for new, old in enumerate(rows):
+                if new != old:
+                    length = int(self.lengths[old])
+                    for buf in self.kv:
+                        buf[new, :, :length] = buf[old, :, :length]
+        else:
+            for buf in self.kv:
+                buf[: len(rows)] = buf[rows]
+        self.lengths = self.lengths[rows]
+        self.binding = None
+
+    def _bind(self):
+        m, rows = self.model, self.rows
+        io = m.session.io_binding()
+        heads, capacity, dim = self.kv[0].shape[1:]
+        shape = (rows, heads, capacity, dim)
+        for past, present, buf in zip(m.past, m.present, self.kv):
+            io.bind_input(past, "cpu", 0, m.dtype, shape, buf.ctypes.data)
+            io.bind_output(present, "cpu", 0, m.dtype, shape, buf.ctypes.data)
+        self.logits = np.zeros((rows, 1, m.vocab), np.float32)
+        io.bind_output(m.logits_name, "cpu", 0, np.float32, self.logits.shape, self.logits.ctypes.data)
+        return io
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        m = self.model
+        self.lengths = self.lengths + 1
+        self._reserve(self.rows, int(self.lengths.max()))
+        if self.binding is None:
+            self.binding = self._bind()
+        io, width = self.binding, int(self.lengths.max())
+        # bound by address: these arrays must live until the run returns
+        ids = np.array(tokens, np.int64)[:, None]
+        mask = (np.arange(width)[None, :] < self.lengths[:, None]).astype(np.int64)
+        positions = (self.lengths - 1)[:, None].astype(np.int64)
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        if m.position_ids:
+            io.bind_cpu_input("position_ids", positions)
+        m.session.run_with_iobinding(io)
+        return self.logits[:, -1, :].copy()
+
+
+class CopyBatch:
+    """The cache passed in and returned grown at every step (devices other than the CPU, where
+    the buffers cannot be bound by host address)."""
 
     def __init__(self, model: Backend) -> None:
         self.model = model
         self.kv: list[np.ndarray] | None = None  # per past input: (B, H, P, D)
-        self.lengths = np.zeros(0, np.int64)  # tokens in each row's cache
+        self.lengths = np.zeros(0, np.int64)
 
     def add(self, row) -> None:
         present, length = row

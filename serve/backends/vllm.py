@@ -91,7 +91,7 @@ class Engine:
         p = job.sampling
         params = SamplingParams(
             temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty,
-            seed=p.seed, max_tokens=max(1, min(p.max_tokens, self.context_length - len(job.prompt_ids))),
+            seed=p.seed, max_tokens=max(1, min(p.max_tokens, self.context_length - len(job.prompt_ids))), min_tokens=p.min_tokens,
             detokenize=False, output_kind=RequestOutputKind.DELTA, skip_special_tokens=True,
         )  # fmt: skip
         tracker = Tracker(job, self.tokenizer, self.context_length)

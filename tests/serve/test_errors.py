@@ -21,6 +21,7 @@ from tests.serve.conftest import running, serve_config, status_of as _code
     ({"stop": ("x" * 300,)}, "sampling.stop[0]"),
     ({"stop": tuple("abcdefghijklmnopq")}, "sampling.stop"),
     ({"request_id": "r" * 129}, "request_id"),
+    ({"max_tokens": 4, "min_tokens": 5}, "sampling.min_tokens"),
 ])  # fmt: skip
 def test_invalid_fields_are_named(client, kwargs, field):
     code, details = _code(lambda: client.generate("hello", **kwargs))

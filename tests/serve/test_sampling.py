@@ -31,3 +31,21 @@ def test_seed_gives_the_same_sequence():
         return [s(LOGITS, np.array([])) for _ in range(30)]
 
     assert draw(3) == draw(3) and draw(3) != draw(4)
+
+
+def test_banned_tokens_are_never_drawn_and_min_tokens_bans_eos_until_reached():
+    from types import SimpleNamespace
+
+    from serve.backends.base import Job
+    from serve.tracker import Tracker
+
+    assert Sampler(Sampling(max_tokens=1))(LOGITS, [], banned=(1,)) == 2
+    draws = {Sampler(Sampling(max_tokens=1, temperature=5.0, seed=s))(LOGITS, [], banned=(1, 2)) for s in range(200)}
+    assert draws == {0, 3, 4}
+    tokenizer = SimpleNamespace(eos_ids={1}, decode=lambda ids: "x" * len(ids))
+    tracker = Tracker(Job("r", [0], Sampling(max_tokens=5, min_tokens=2)), tokenizer, 64)
+    assert tracker.banned() == (1,)
+    tracker.accept(3)
+    assert tracker.banned() == (1,)
+    tracker.accept(3)
+    assert tracker.banned() == ()
