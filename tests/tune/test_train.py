@@ -127,3 +127,34 @@ def test_full_fine_tuning_writes_a_loadable_checkpoint(enclave_home, tiny_checkp
     base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     moved = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert "model.layers.0.mlp.down_proj.weight" in moved and "model.embed_tokens.weight" in moved
+
+
+def test_answer_only_output_layer_gives_the_full_models_loss_and_gradients(tiny_checkpoint, monkeypatch):
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from tune.train import loop
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(3, 100, (3, 12))
+    labels = ids.clone()
+    labels[:, :5], labels[1, :8], labels[2, 10:] = -100, -100, -100  # prompts of different lengths, one padded row
+    mask = torch.ones_like(ids)
+    mask[2, 10:] = 0
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    def loss_and_grads(plain: bool):
+        monkeypatch.setattr(loop, "_plain_head", lambda m: plain)
+        model.zero_grad()
+        loss = loop.token_loss_sum(model, batch)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    (fast, g_fast), (full, g_full) = loss_and_grads(True), loss_and_grads(False)
+    assert fast == pytest.approx(full, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_fast, g_full))
+    monkeypatch.undo()
+    assert loop._plain_head(model)  # a Llama takes the answer-only path
+    model.config.final_logit_softcapping = 30.0
+    assert not loop._plain_head(model)
