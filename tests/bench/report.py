@@ -113,7 +113,7 @@ def tune(r: dict) -> str:
             for name, x in (("Enclave (`enclave tune`'s loop)", s["enclave"]), ("PEFT + transformers Trainer", s["trainer"]))]  # fmt: skip
     return (f"Run {r['date']}: {r['steps']} optimizer steps each, recipe `tune/recipes/{r['recipe']}`.\n\n"
             + table(["loop", "training tokens/s", "seconds in steps", "mean loss over the run", "peak RSS GB"], rows)
-            + f"\n\n**Bar (Enclave's tokens/s at least 1.0x the Trainer loop's): {met(r['bar'], '>=')}**")  # fmt: skip
+            + f"\n\nBar (Enclave's tokens/s at least 1.0x the Trainer loop's): {met(r['bar'], '>=')}")  # fmt: skip
 
 
 def prune(r: dict) -> str:
