@@ -56,6 +56,13 @@ def memory(pid: int) -> dict:
     return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
 
 
+def healthy(target: str) -> bool:
+    from enclave.client import Client
+
+    with Client(target, timeout=2) as c:
+        return c.health() == "SERVING"
+
+
 def wait_for(check, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,7 +105,11 @@ def gguf_from_wheel(model_path: Path, work: Path) -> Path:
     from enclave.store import home
 
     settings = read_manifest(model_path).settings
+    if settings.get("source_format") != "gguf" or "(" not in settings.get("source", ""):
+        raise SystemExit(f"{model_path}: not converted from a GGUF file; the llama.cpp peers need the model pulled with `enclave models pull`")
     wheel = Path(home()) / "downloads" / settings["source"].split("(")[1].split(",")[0]
+    if not wheel.is_file():
+        raise SystemExit(f"{wheel} is missing; pull the model again (`enclave models pull smollm2-135m-instruct --overwrite`) to fetch it")
     out = work / settings["source_file"]
     with zipfile.ZipFile(wheel) as z, z.open(next(n for n in z.namelist() if n.endswith(settings["source_file"]))) as src, open(out, "wb") as dst:
         h = hashlib.sha256()
@@ -162,7 +173,7 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = f"127.0.0.1:{port}"
     try:
-        wait_for(lambda: Client(target, timeout=2).health() == "SERVING", "enclave serve", proc)
+        wait_for(lambda: healthy(target), "enclave serve", proc)
         loaded = memory(proc.pid)
 
         def request(prompt: str, max_tokens: int) -> list[float]:
