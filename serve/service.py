@@ -164,7 +164,11 @@ class InferenceService(rpc.InferenceServicer):
             return _Call(self, request, context)
         except ServeError as exc:
             model = request.model or self.models.default or ""
-            labels = (model if model in self.models.active else "unknown", request.adapter if model in self.models.active else "")
+            served = self.models.active.get(model)
+            # Only names the server holds become labels: a caller's unknown name is neither exported
+            # (metrics cardinality, and it may be text the caller meant to keep) nor audited.
+            adapter = request.adapter if served is not None and (not request.adapter or request.adapter in served.adapters) else "unknown"
+            labels = (model if served is not None else "unknown", adapter if served is not None else "")
             self.metrics.requests.labels(*labels, exc.code.name).inc()
             self.audit.record(request_id=request.request_id[:128], model=labels[0], adapter=labels[1], status=exc.code.name)
             raise
