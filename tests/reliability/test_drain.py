@@ -1,6 +1,6 @@
-"""Drain: SIGTERM to a real `enclave serve` process under load. Every call in flight finishes
-with all its tokens, new calls are refused (UNAVAILABLE), and the process exits 0 within the
-grace period."""
+"""Drain: SIGTERM to a real `enclave serve` process under load (every call running and streaming
+when the signal comes). Every call in flight finishes with all its tokens, new calls are refused
+(UNAVAILABLE), and the process exits 0 within the grace period."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_exits_0(serve_repo, rec
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
-                             "default_model=tiny-onnx", f"grace_seconds={GRACE}", "scheduler.max_batch_size=8",
+                             "default_model=tiny-onnx", f"grace_seconds={GRACE}", f"scheduler.max_batch_size={IN_FLIGHT}",
                              f"limits.max_streams_per_token={IN_FLIGHT + 8}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
@@ -47,8 +47,10 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_exits_0(serve_repo, rec
 
         with cf.ThreadPoolExecutor(IN_FLIGHT) as pool:
             futures = [pool.submit(one, i) for i in range(IN_FLIGHT)]
-            while len(started) < IN_FLIGHT and not any(f.done() for f in futures):
+            deadline = time.monotonic() + 60
+            while len(started) < IN_FLIGHT and time.monotonic() < deadline:  # every call running and streaming
                 time.sleep(0.01)
+            assert len(started) == IN_FLIGHT
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.2)
