@@ -165,10 +165,11 @@ class OrtBatch:
     def step(self, tokens: list[int]) -> np.ndarray:
         m = self.model
         self.lengths = self.lengths + 1
-        self._reserve(self.rows, int(self.lengths.max()))
+        width = int(self.lengths.max())
+        self._reserve(self.rows, width)
         if self.binding is None:
             self.binding = self._bind()
-        io, width = self.binding, int(self.lengths.max())
+        io = self.binding
         # bound by address: these arrays must live until the run returns
         ids = np.array(tokens, np.int64)[:, None]
         mask = (np.arange(width)[None, :] < self.lengths[:, None]).astype(np.int64)

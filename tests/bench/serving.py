@@ -33,7 +33,7 @@ from pathlib import Path
 
 from compress.config import EvalSettings
 from tests.bench.compress_quality import held_out_ppl, save
-from tests.bench.workload import BANDWIDTH_GBPS, DECODE_TOKENS, OPENINGS, STREAMS, load_row, requests_for, single_stream
+from tests.bench.workload import BANDWIDTH_GBPS, DECODE_TOKENS, OPENINGS, STREAMS, load_row, memory_mb, requests_for, single_stream
 
 BARS = {  # name: (what, threshold, higher is better)
     "decode_vs_llama_cpp": ("single-stream decode, Enclave int8 / llama.cpp Q4_1", 1.0, True),
@@ -48,12 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def memory(pid: int) -> dict:
-    """Resident and peak resident memory of a process, MB (Linux /proc)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def healthy(target: str) -> bool:
@@ -174,7 +168,7 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
     target = f"127.0.0.1:{port}"
     try:
         wait_for(lambda: healthy(target), "enclave serve", proc)
-        loaded = memory(proc.pid)
+        loaded = memory_mb(proc.pid)
 
         def request(prompt: str, max_tokens: int) -> list[float]:
             with Client(target, timeout=600) as c:
@@ -189,7 +183,7 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
         result = single_stream(request, lambda t: tok(t, add_special_tokens=False)["input_ids"], tok.decode)
         result["load"] = [run_load(request, n) for n in STREAMS]
         result["rss_loaded_mb"] = loaded["rss_mb"]
-        result["peak_rss_mb"] = memory(proc.pid)["peak_rss_mb"]
+        result["peak_rss_mb"] = memory_mb(proc.pid)["peak_rss_mb"]
     finally:
         stop(proc)
     return result
@@ -208,7 +202,7 @@ def llama_server_engine(server: Path, gguf: Path, threads: int, slots: int = 8) 
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: urllib.request.urlopen(base + "/health", timeout=2).status == 200, "llama-server", proc)
-        loaded = memory(proc.pid)
+        loaded = memory_mb(proc.pid)
 
         def request(prompt: str, max_tokens: int) -> list[float]:
             body = json.dumps({"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "ignore_eos": True,
@@ -228,7 +222,7 @@ def llama_server_engine(server: Path, gguf: Path, threads: int, slots: int = 8) 
             return arrivals
 
         result = {"load": [run_load(request, n) for n in STREAMS], "slots": slots, "rss_loaded_mb": loaded["rss_mb"]}
-        result["peak_rss_mb"] = memory(proc.pid)["peak_rss_mb"]
+        result["peak_rss_mb"] = memory_mb(proc.pid)["peak_rss_mb"]
     finally:
         stop(proc)
     return result

@@ -100,8 +100,13 @@ def requests_for(streams: int) -> int:
     return max(4, 3 * streams)
 
 
+def memory_mb(pid: int | str = "self") -> dict:
+    """Resident (VmRSS) and peak resident (VmHWM) memory of a process, MB, from /proc. VmHWM,
+    unlike ru_maxrss, does not carry the parent's peak over exec."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry the
-    parent's peak over exec)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmHWM"].split()[0]) / 1024
+    """This process's peak resident memory."""
+    return memory_mb()["peak_rss_mb"]

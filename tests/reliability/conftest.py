@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.workload import memory_mb
+
 
 SOAK = os.environ.get("ENCLAVE_SOAK") == "1"
 RESULTS = Path(os.environ.get("ENCLAVE_RELIABILITY_RESULTS", "reliability-results"))
@@ -21,9 +23,8 @@ def profile(bounded, soak):
     return soak if SOAK else bounded
 
 
-def rss_mb(pid: int | None = None) -> float:
-    status = Path(f"/proc/{pid or 'self'}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+def rss_mb() -> float:
+    return memory_mb()["rss_mb"]
 
 
 @pytest.fixture()

@@ -6,22 +6,18 @@ from __future__ import annotations
 import concurrent.futures as cf
 import random
 import time
-import urllib.request
 
 import grpc
 import pytest
 
 from tests.reliability.conftest import gauge, profile
 from tests.serve.conftest import running, serve_config
+from tests.serve.test_generate import _scrape
 
 pytestmark = pytest.mark.reliability
 
 CANCELLED = profile(60, 200)
 DEADLINES = profile(40, 200)
-
-
-def scrape(server) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
 
 
 def batch_rows(batch) -> int:
@@ -35,7 +31,7 @@ def settled(server, models=("tiny-onnx", "tiny"), timeout: float = 10.0) -> dict
     while True:
         engines = {m: server.models.active[m].engine for m in models}
         idle = all(not e.running and not e.waiting for e in engines.values())
-        text = scrape(server)
+        text = _scrape(server)
         gauges = {m: (gauge(text, "enclave_num_requests_running", m), gauge(text, "enclave_num_requests_waiting", m)) for m in models}
         if (idle and all(g == (0, 0) for g in gauges.values())) or time.monotonic() > deadline:
             return {m: {"running": len(e.running), "waiting": len(e.waiting), "gauges": gauges[m], "rows": batch_rows(e.batch),
@@ -65,7 +61,7 @@ def test_streams_cancelled_at_random_points_leak_nothing(serve_repo, record):
             codes = list(pool.map(one, range(CANCELLED)))
         state = settled(server)
         after = Client(f"127.0.0.1:{server.port}", timeout=30).generate("Blood", max_tokens=4)
-        text = scrape(server)
+        text = _scrape(server)
     counts = {c: codes.count(c) for c in set(codes)}
     record({"cancelled_streams": CANCELLED, "client_outcomes": counts, "after": state,
             "server_counted_cancelled": sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
