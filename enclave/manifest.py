@@ -14,6 +14,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import posixpath
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -104,16 +106,22 @@ def json_schema() -> dict:
     }
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (a progress bar above 64 MiB)."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    bar = None
-    if size >= _PROGRESS_BYTES:
-        from tqdm import tqdm
+def sha256_file(path: Path, follow_symlinks: bool = True) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (a progress bar above 64 MiB).
 
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", leave=False, disable=None)
-    with open(path, "rb") as fh:
+    Args:
+        path: the file.
+        follow_symlinks: when False, a symbolic link is refused (``OSError``) instead of hashing its target.
+    """
+    h = hashlib.sha256()
+    flags = os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    with os.fdopen(os.open(path, flags), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        bar = None
+        if size >= _PROGRESS_BYTES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False, disable=None)
         while block := fh.read(1 << 20):
             h.update(block)
             if bar is not None:
@@ -132,10 +140,29 @@ def content_digest(files: list[FileEntry]) -> str:
 
 
 def _walk(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, and every symbolic link to a directory (which os.walk does not enter)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames + links):
             yield Path(dirpath, name)
+
+
+def unsafe_path(name: str) -> str | None:
+    """Why ``name`` is not a safe relative POSIX path (absolute, '..', odd characters), or None when it is.
+
+    Args:
+        name: a path from a manifest or a tar member name.
+
+    Returns:
+        A reason to put in an error message, or None.
+    """
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name or (len(name) > 1 and name[1] == ":"):
+        return "an absolute or non-POSIX path"
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(name) != name:
+        return "a path with '..', '.' or empty parts (path traversal)"
+    return None
 
 
 def scan_files(root: Path) -> list[FileEntry]:
@@ -151,7 +178,7 @@ def scan_files(root: Path) -> list[FileEntry]:
             continue
         if path.is_symlink():
             raise EnclaveError(f"{path} is a symbolic link", fix="artifacts hold plain files only")
-        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+        entries.append(FileEntry(path=rel, size=path.lstat().st_size, sha256=sha256_file(path, follow_symlinks=False)))
     return sorted(entries, key=lambda e: e.path)
 
 
@@ -223,6 +250,8 @@ def read_manifest(root: Path) -> Manifest:
         IntegrityError: missing, not JSON, or not a valid manifest (the reason named).
     """
     path = Path(root) / MANIFEST
+    if path.is_symlink():
+        raise IntegrityError(str(root), [f"{MANIFEST}: refused: a symbolic link (artifacts hold plain files only)"])
     if not path.is_file():
         raise IntegrityError(str(root), [f"{MANIFEST}: missing (not an Enclave artifact)"])
     try:
@@ -237,31 +266,65 @@ def read_manifest(root: Path) -> Manifest:
 def verify(root: Path) -> tuple[Manifest, list[str]]:
     """Check every file of an artifact against its manifest.
 
+    A file entry is only read when it is a safe relative path to a regular file inside ``root``
+    with no symbolic link on the way; otherwise it is refused, so a crafted manifest cannot make
+    verification read (or report the size of) a file outside the artifact.
+
     Returns:
-        The manifest and one line per problem: a file that differs, is missing, or is not listed.
+        The manifest and one line per problem: a file that differs, is missing, is not listed,
+        or an entry that is refused (absolute, '..', a symbolic link, outside the directory).
 
     Raises:
         IntegrityError: the manifest itself cannot be read.
     """
     root = Path(root)
     manifest = read_manifest(root)
-    problems = []
+    problems = [p for entry in manifest.files if (p := _check_entry(root, entry))]
     listed = {f.path for f in manifest.files}
-    for entry in manifest.files:
-        path = root / entry.path
-        if not path.is_file():
-            problems.append(f"{entry.path}: missing")
-        elif path.stat().st_size != entry.size:
-            problems.append(f"{entry.path}: size {path.stat().st_size}, manifest says {entry.size}")
-        elif sha256_file(path) != entry.sha256:
-            problems.append(f"{entry.path}: sha256 differs from the manifest (file changed)")
     for path in _walk(root):
         rel = path.relative_to(root).as_posix()
         if rel != MANIFEST and rel not in listed:
-            problems.append(f"{rel}: not listed in the manifest")
+            link = "a symbolic link, " if path.is_symlink() else ""
+            problems.append(f"{rel}: {link}not listed in the manifest")
     if content_digest(list(manifest.files)) != manifest.digest:
         problems.append(f"{MANIFEST}: digest does not match its file list (manifest edited)")
     return manifest, problems
+
+
+def _check_entry(root: Path, entry: FileEntry) -> str | None:
+    """The problem with one file entry, or None when the file matches it."""
+    refused = _refuse_entry(root, entry.path)
+    if refused:
+        return f"{entry.path!r}: refused: {refused}"
+    path = root / entry.path
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{entry.path}: missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{entry.path!r}: refused: not a regular file"
+    if st.st_size != entry.size:
+        return f"{entry.path}: size {st.st_size}, manifest says {entry.size}"
+    try:
+        digest = sha256_file(path, follow_symlinks=False)
+    except OSError as exc:
+        return f"{entry.path}: could not be read ({exc.strerror})"
+    return None if digest == entry.sha256 else f"{entry.path}: sha256 differs from the manifest (file changed)"
+
+
+def _refuse_entry(root: Path, rel: str) -> str | None:
+    """Why a manifest's file entry may not be opened under ``root``, or None."""
+    unsafe = unsafe_path(rel)
+    if unsafe:
+        return f"{unsafe}; entries are relative paths inside the artifact"
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            return f"{path.relative_to(root).as_posix()} is a symbolic link (artifacts hold plain files only)"
+    if not (root / rel).resolve().is_relative_to(root.resolve()):
+        return "it resolves outside the artifact directory"
+    return None
 
 
 def require_valid(root: Path) -> Manifest:

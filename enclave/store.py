@@ -31,14 +31,44 @@ def models_dir() -> Path:
     return home() / "models"
 
 
+def _is_safe_name(value: object) -> bool:
+    # fullmatch: NAME_RE's `$` alone would also accept a trailing newline.
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None and ".." not in value
+
+
 def check_name(name: str, field: str = "name") -> str:
     """Refuse names that are not safe directory names (no ``/``, ``..``, upper case)."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not _is_safe_name(name):
         raise EnclaveError(
             f"{field} {name!r} is not a valid model name",
             fix="use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
         )
     return name
+
+
+def safe_name(value: object, field: str) -> str:
+    """Check a name read from a manifest, a bundle or a request before it becomes one path component.
+
+    The same rule as ``check_name`` (which request and CLI names follow), for names that arrive
+    inside files: an artifact's ``name``, a bundle's artifact name and version.
+
+    Args:
+        value: the name; anything, since manifests are untrusted input.
+        field: where it came from, as a user would find it (``manifest.json name of /path/adapter``).
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        EnclaveError: not a string, or not a single safe directory name.
+    """
+    if not _is_safe_name(value):
+        raise EnclaveError(
+            f"{field} {value!r} is not a safe name: it must be one directory name (no '/', '..' or upper case)",
+            fix="rename it to lower-case letters, digits, '.', '_' and '-', starting with a letter or digit "
+            "(for an artifact, recreate it with such a name)",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -148,7 +178,7 @@ def resolve_adapter(ref: str) -> Path:
     if path.exists():
         return path
     stored = home() / "adapters" / ref
-    if NAME_RE.match(ref) and (stored / MANIFEST).is_file():
+    if _is_safe_name(ref) and (stored / MANIFEST).is_file():
         return stored
     root = home() / "adapters"
     known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []

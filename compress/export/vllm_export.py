@@ -20,7 +20,7 @@ from enclave.checkpoint import SUPPORTED_MODEL_TYPES
 from enclave.errors import EnclaveError
 from enclave.lineage import adapter_fits
 from enclave.manifest import MANIFEST, Manifest, require_valid
-from enclave.store import resolve_adapter
+from enclave.store import resolve_adapter, safe_name
 
 log = logging.getLogger(__name__)
 SKIP_FILES = {MANIFEST, "quant_log.csv", "README.md"}
@@ -63,10 +63,26 @@ def check_adapter(adapter: Path, source_manifest: Manifest | None, source: Path)
 
 
 def add_adapters(refs: list[str], source_manifest: Manifest | None, source: Path, out: Path) -> list[str]:
+    """Copy each adapter (checked against the exported model) into ``out/adapters/NAME``.
+
+    Args:
+        refs: adapter paths or names in the store.
+        source_manifest: the exported model's manifest (None for a plain checkpoint).
+        source: the exported model's directory.
+        out: the export directory being written.
+
+    Returns:
+        The adapters' names, in order.
+
+    Raises:
+        EnclaveError: an adapter for another base, two with one name, or a name that is not one safe directory name.
+    """
     names = []
     for ref in refs:
         path = resolve_adapter(ref)
         manifest = check_adapter(path, source_manifest, source)
+        # The name becomes a directory of the export (and a LoRA name for vLLM): it comes from a file, not from us.
+        safe_name(manifest.name, f"adapters: the name in {path / MANIFEST}")
         if manifest.name in names:
             raise EnclaveError(f"adapters: two adapters named {manifest.name!r}", fix="list each adapter once")
         shutil.copytree(path, out / "adapters" / manifest.name)

@@ -2,7 +2,8 @@
 each artifact into place with one rename; wheels go in with pip and no index.
 
 A bundle with any problem installs nothing: the staging folder is removed and the repository is
-as it was. Artifacts already present with the same digest are skipped (installing twice is safe);
+as it was. Nothing is unpacked at all unless the signature checks and the volume has room for every
+declared byte (the reader refuses before writing). Artifacts already present with the same digest are skipped (installing twice is safe);
 a different artifact under the same model version or adapter name is refused before anything moves.
 """
 

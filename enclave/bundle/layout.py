@@ -15,13 +15,13 @@ size and sha256, so one signature vouches for every byte.
 from __future__ import annotations
 
 import json
-import posixpath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from enclave.errors import EnclaveError
 from enclave.manifest import FileEntry, Parent
+from enclave.store import safe_name
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
@@ -86,17 +86,29 @@ def parse_manifest(data: bytes) -> BundleManifest:
                            f"it was made by Enclave {raw.get('enclave_version', '?') if isinstance(raw, dict) else '?'}",
                            fix="install it with the Enclave version that made it, or recreate the bundle with this one")  # fmt: skip
     try:
-        return BundleManifest.model_validate(raw)
+        manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
         raise EnclaveError(f"{MANIFEST_NAME} does not match the bundle schema: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
                            fix="recreate the bundle with `enclave bundle create`") from exc  # fmt: skip
+    for i, art in enumerate(manifest.artifacts):
+        check_destination(art, f"{MANIFEST_NAME} artifacts[{i}]")
+    return manifest
 
 
-def unsafe_path(name: str) -> str | None:
-    """Why a member name may not be unpacked (absolute, '..', odd characters), or None when it is safe."""
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name or (len(name) > 1 and name[1] == ":"):
-        return "an absolute or non-POSIX path"
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(name) != name:
-        return "a path with '..', '.' or empty parts (path traversal)"
-    return None
+def check_destination(art: BundledArtifact, where: str) -> None:
+    """Refuse an artifact whose name or version is not one safe directory name, or whose ``path`` is not
+    the one they give (models/NAME/VERSION, adapters/NAME): install turns them into repository paths.
+
+    Raises:
+        EnclaveError: naming the field, the value and where it was read.
+    """
+    safe_name(art.name, f"{where}.name")
+    if art.role == "model":
+        safe_name(art.version, f"{where}.version")
+    elif art.version is not None:
+        raise EnclaveError(f"{where}.version {art.version!r}: an adapter has no version",
+                           fix="recreate the bundle with `enclave bundle create`")
+    expected = f"models/{art.name}/{art.version}" if art.role == "model" else f"adapters/{art.name}"
+    if art.path != expected:
+        raise EnclaveError(f"{where}.path {art.path!r} is not where the {art.role} {art.name!r} goes ({expected!r})",
+                           fix="recreate the bundle with `enclave bundle create`")  # fmt: skip

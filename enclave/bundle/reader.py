@@ -3,6 +3,10 @@
 Nothing is trusted before the signature checks. Entries are read at most up to their declared
 size; with ``extract_to`` the checked bytes are written there as they are hashed, so a bundle is
 read once whether it is verified or installed. Every problem is collected, file by file.
+
+With ``extract_to`` nothing is written until the signature over ``bundle.json`` (the first two tar
+members) has checked against a trusted key and the filesystem has room for every declared byte: an
+unsigned bundle, or one that would fill the volume, leaves no byte behind.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ import itertools
 import json
 import os
 import posixpath
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from enclave.bundle import keys
-from enclave.bundle.layout import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, parse_manifest, unsafe_path
+from enclave.bundle.layout import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest, parse_manifest
 from enclave.errors import EnclaveError
+from enclave.manifest import unsafe_path
 
 _MAX_META = 16 << 20
 _BLOCK = 1 << 20
+_SPACE_MARGIN = 64 << 20
+"""Room kept free beyond the declared sizes (plus 1% for filesystem blocks), for what else writes to that volume."""
 
 
 @dataclass
@@ -67,7 +75,32 @@ def _read(tar: tarfile.TarFile, report: Report, trusted: dict[str, object], extr
     except EnclaveError as exc:
         report.problems.append(str(exc))
         return
+    if extract_to is not None:
+        if report.signed_by is None:
+            report.problems.append("nothing was unpacked: a bundle is written to disk only once its signature checks "
+                                   "(`enclave bundle verify` checks its files one by one)")  # fmt: skip
+            return
+        check_space(report.manifest, Path(extract_to))
     _check_members(tar, members, report, extract_to)
+
+
+def check_space(manifest: BundleManifest, extract_to: Path) -> None:
+    """Refuse to unpack when the declared sizes (plus a margin) exceed the free space where they would go.
+
+    Args:
+        manifest: the signed bundle.json; members larger than it declares are refused unread.
+        extract_to: the (existing) staging directory.
+
+    Raises:
+        EnclaveError: the bytes needed and the bytes free, before anything is written.
+    """
+    declared = sum(f.size for f in manifest.files)
+    needed = declared + declared // 100 + _SPACE_MARGIN
+    free = shutil.disk_usage(extract_to).free
+    if needed > free:
+        raise EnclaveError(f"not enough space to unpack the bundle: it needs {needed:,} bytes ({declared:,} declared plus a margin) "
+                           f"on the filesystem of {extract_to}, which has {free:,} bytes free; nothing was written",
+                           fix="free space on that volume, or install into a repository on a larger one (--repo)")  # fmt: skip
 
 
 def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dict | None, tarfile.TarInfo | None] | None:

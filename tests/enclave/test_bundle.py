@@ -288,3 +288,102 @@ def test_artifact_manifest_must_match_what_the_bundle_lists(bundle, signer, tmp_
     with pytest.raises(EnclaveError, match="does not match the files bundle.json lists"):
         install_bundle(repack(tmp_path / "m.tar", resign(items, private, declare)), trusted, tmp_path / "repo")
     assert not (tmp_path / "repo" / "models").exists()
+
+
+BIG = 16 << 20
+
+
+def with_big_member(items, private) -> list:
+    """The bundle plus a 16 MiB file of zeros, declared in bundle.json and signed by ``private``."""
+    payload = b"\0" * BIG
+    items = resign(items, private, lambda raw: _declare(raw, "wheels/big.bin", payload))
+    info = tarfile.TarInfo("wheels/big.bin")
+    info.size = BIG
+    return [*items, (info, payload)]
+
+
+def repack_gz(path: Path, items) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in items:
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture()
+def staged(monkeypatch):
+    """Bytes found in the staging folder right after the reader returned (install removes it afterwards)."""
+    import enclave.bundle.install as install
+
+    found = []
+
+    def spy(path, trusted, extract_to=None):
+        try:
+            return read_bundle(path, trusted, extract_to=extract_to)
+        finally:
+            found.append(sum(p.stat().st_size for p in extract_to.rglob("*") if p.is_file()))
+
+    monkeypatch.setattr(install, "read_bundle", spy)
+    return found
+
+
+@pytest.mark.parametrize("how", ["unsigned", "edited after signing", "untrusted key"])
+def test_unsigned_or_badly_signed_bundle_writes_nothing(bundle, signer, tmp_path, staged, how):
+    private, trusted, _ = signer
+    items = with_big_member(members(bundle), private)
+    if how == "unsigned":
+        items = [items[0], *items[2:]]
+    elif how == "edited after signing":
+        data = items[0][1].replace(b'"tester@host"', b'"mallory@host"')
+        info = tarfile.TarInfo("bundle.json")
+        info.size = len(data)
+        items = [(info, data), *items[1:]]
+    else:
+        other, _, _ = keys.keygen(tmp_path / "other")
+        items = resign(items, keys.load_private(other), lambda raw: None)
+    path = repack_gz(tmp_path / "b.tar.gz", items)
+    assert path.stat().st_size < BIG // 100  # zeros compress: a small file that unpacks large
+    unpack = tmp_path / "unpack"
+    unpack.mkdir()
+    report = read_bundle(path, trusted, extract_to=unpack)
+    assert list(unpack.iterdir()) == []
+    assert not report.ok and "nothing was unpacked" in report.problems[-1]
+    with pytest.raises(BundleRefused, match="nothing was installed"):
+        install_bundle(path, trusted, tmp_path / "repo")
+    assert staged == [0]
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == [".bundle-install.lock"]
+
+
+def test_bundle_larger_than_the_free_space_is_refused_before_writing(bundle, signer, tmp_path, staged, monkeypatch):
+    import shutil
+
+    from enclave.bundle import reader
+
+    private, trusted, _ = signer
+    path = repack(tmp_path / "big.tar", with_big_member(members(bundle), private))
+    declared = sum(f.size for f in read_bundle(path, trusted).manifest.files)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=declared))  # room for the bytes, not the margin
+    with pytest.raises(EnclaveError, match=rf"needs [0-9,]+ bytes \({declared:,} declared plus a margin\) .* "
+                                           rf"which has {declared:,} bytes free; nothing was written"):  # fmt: skip
+        install_bundle(path, trusted, tmp_path / "repo")
+    assert staged == [0]
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == [".bundle-install.lock"]
+    needed = declared + declared // 100 + reader._SPACE_MARGIN
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=needed - 1))
+    with pytest.raises(EnclaveError, match=f"needs {needed:,} bytes"):
+        install_bundle(path, trusted, tmp_path / "repo")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=needed))
+    _, done = install_bundle(path, trusted, tmp_path / "repo")
+    assert done.placed == ["model clinic version 1", "adapter lora"]
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("name", "../../escape", "artifacts[1].name '../../escape' is not a safe name"),
+    ("name", "Lora", "artifacts[1].name 'Lora' is not a safe name"),
+    ("path", "models/clinic/1", "artifacts[1].path 'models/clinic/1' is not where the adapter 'lora' goes ('adapters/lora')"),
+    ("version", "1", "artifacts[1].version '1': an adapter has no version"),
+])  # fmt: skip
+def test_artifact_names_in_bundle_json_must_be_directory_names(bundle, signer, tmp_path, field, value, why):
+    private, trusted, _ = signer
+    items = resign(members(bundle), private, lambda raw: raw["artifacts"][1].update({field: value}))
+    assert_refused(repack(tmp_path / "n.tar", items), trusted, tmp_path / "repo", f"bundle.json {why}")

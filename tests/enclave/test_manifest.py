@@ -11,7 +11,8 @@ import pytest
 
 from enclave.errors import EnclaveError, IntegrityError
 from enclave.manifest import (
-    Manifest, content_digest, create_artifact, json_schema, read_manifest, require_valid, sha256_file, update_metrics, verify,
+    FileEntry, Manifest, content_digest, create_artifact, json_schema, read_manifest, require_valid, sha256_file,
+    update_metrics, verify,
 )  # fmt: skip
 
 SCHEMA = Path(__file__).parents[2] / "enclave" / "schema" / "manifest.schema.json"
@@ -159,3 +160,92 @@ def test_json_schema_is_current_and_validates_manifests(tmp_path):
     bad = json.loads((tmp_path / "a" / "manifest.json").read_text()) | {"kind": "pickle"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, committed)
+
+
+def declare(art: Path, path: str, data: bytes) -> None:
+    """Add a file entry to the manifest and recompute its digest, as someone editing it by hand would."""
+    import hashlib
+
+    raw = json.loads((art / "manifest.json").read_text())
+    raw["files"].append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    raw["files"].sort(key=lambda f: f["path"])
+    raw["digest"] = content_digest([FileEntry.model_validate(f) for f in raw["files"]])
+    (art / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "sub/../../outside.txt", "OUTSIDE_ABS", "sub\\..\\..\\outside.txt",
+                                   "sub//config.json", "./weights.safetensors", "x\x00y"])  # fmt: skip
+def test_unsafe_entries_are_refused_by_name(tmp_path, entry):
+    art = make(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"secret")
+    entry = str(outside) if entry == "OUTSIDE_ABS" else entry
+    declare(art, entry, b"secret")  # the outside file's real size and hash: the old check passed it
+    problems = verify(art)[1]
+    assert len(problems) == 1 and problems[0].startswith(f"{entry!r}: refused: "), problems
+    assert problems[0].endswith("; entries are relative paths inside the artifact")
+    with pytest.raises(IntegrityError, match="refused"):
+        require_valid(art)
+
+
+def test_an_entry_below_a_file_is_missing(tmp_path):
+    art = make(tmp_path)
+    declare(art, "weights.safetensors/x", b"x")
+    assert verify(art)[1] == ["weights.safetensors/x: missing"]
+
+
+def test_an_absolute_entry_reveals_nothing_about_the_file(tmp_path, capsys):
+    from enclave.cli import main
+
+    art = make(tmp_path)
+    declare(art, "/etc/passwd", b"not the real contents")
+    assert main(["verify", str(art)]) == 1
+    err = capsys.readouterr().err
+    assert "'/etc/passwd': refused: an absolute or non-POSIX path" in err
+    assert "size" not in err and "sha256" not in err
+
+
+def test_symlinked_file_and_parent_are_refused(tmp_path):
+    art = make(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "weights.safetensors").write_bytes((art / "weights.safetensors").read_bytes())
+    (elsewhere / "sub" / "config.json").write_text((art / "sub" / "config.json").read_text())
+    (art / "weights.safetensors").unlink()
+    (art / "weights.safetensors").symlink_to(elsewhere / "weights.safetensors")  # same bytes: hashes match through the link
+    (art / "sub" / "config.json").unlink()
+    (art / "sub").rmdir()
+    (art / "sub").symlink_to(elsewhere / "sub")
+    assert verify(art)[1] == [
+        "'sub/config.json': refused: sub is a symbolic link (artifacts hold plain files only)",
+        "'weights.safetensors': refused: weights.safetensors is a symbolic link (artifacts hold plain files only)",
+        "sub: a symbolic link, not listed in the manifest",
+    ]
+
+
+def test_unlisted_symlinked_directory_is_named(tmp_path):
+    art = make(tmp_path)
+    (art / "etc").symlink_to("/etc")
+    assert verify(art)[1] == ["etc: a symbolic link, not listed in the manifest"]
+
+
+def test_symlinked_manifest_is_refused(tmp_path):
+    art, other = make(tmp_path), make(tmp_path, "b")
+    (art / "manifest.json").unlink()
+    (art / "manifest.json").symlink_to(other / "manifest.json")
+    with pytest.raises(IntegrityError, match="manifest.json: refused: a symbolic link"):
+        verify(art)
+
+
+def test_an_artifact_reached_through_a_symlinked_directory_still_verifies(tmp_path):
+    art = make(tmp_path)
+    (tmp_path / "alias").symlink_to(art)  # e.g. ENCLAVE_HOME on another volume: only links inside the artifact count
+    assert verify(tmp_path / "alias")[1] == []
+
+
+def test_sha256_file_can_refuse_to_follow_a_link(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    assert sha256_file(tmp_path / "link") == sha256_file(tmp_path / "f")
+    with pytest.raises(OSError):
+        sha256_file(tmp_path / "link", follow_symlinks=False)
