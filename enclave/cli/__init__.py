@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": "enclave.cli.serve",
     "client": "enclave.cli.client",
     "bundle": "enclave.cli.bundle",
+    "audit": "enclave.cli.audit",
 }
 
 

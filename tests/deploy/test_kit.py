@@ -161,6 +161,24 @@ def test_kustomization_and_deployment_agree_with_the_server(exported):
     assert_cli(job["args"])
 
 
+def test_the_audit_log_is_on_a_persistent_volume_one_directory_per_pod():
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
+    cfg = serve_config(docs[("ConfigMap", "enclave-config")]["data"]["serve.yaml"])
+    pod = docs[("Deployment", "enclave")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert cfg.audit_log, "the server in Kubernetes writes an audit file"
+    (mount,) = [m for m in container["volumeMounts"] if cfg.audit_log.startswith(m["mountPath"].rstrip("/") + "/")]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "persistentVolumeClaim" in volume, f"the audit volume is {sorted(set(volume) - {'name'})}, not a PersistentVolumeClaim"
+    assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
+    claim = docs[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]["spec"]
+    # Replicas on several nodes mount the claim, each in its own directory: one writer per chain.
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert mount["subPathExpr"] == "$(POD_NAME)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed on this machine (Debian package systemd)")
