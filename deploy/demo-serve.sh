@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`, step 5: serve the demo's model repository over gRPC, call it with `enclave client`
-# (unary and streaming), print a few lines of /metrics and the audit log, then drain with SIGTERM.
+# `make demo`, step 5: serve the demo's model repository over gRPC with TLS and a token (a test CA
+# and a token made here, as an operator would), call it with `enclave client` (unary and
+# streaming), print a few lines of /metrics and the audit log, verify the audit chain, then drain
+# with SIGTERM.
 # Usage: deploy/demo-serve.sh REPO   (ports: $ENCLAVE_DEMO_PORT, default 50051; $ENCLAVE_DEMO_METRICS_PORT, 9464)
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -8,12 +10,17 @@ REPO=$1
 PORT=${ENCLAVE_DEMO_PORT:-50051}
 METRICS=${ENCLAVE_DEMO_METRICS_PORT:-9464}
 LOG=$(mktemp -t enclave-serve.XXXXXX)
-T=(--target "127.0.0.1:$PORT")
+SECRETS=$(mktemp -d -t enclave-secrets.XXXXXX)
+"$BIN/enclave" serve cert create "$SECRETS/tls" --host localhost --host 127.0.0.1 | sed 's/^/  /'
+TOKEN=$("$BIN/enclave" serve token create --name demo --role reader --tokens-file "$SECRETS/tokens.yaml")
+T=(--target "localhost:$PORT" --ca "$SECRETS/tls/ca.pem" --token "$TOKEN")
+rm -f "$REPO"/audit.jsonl*
 
 "$BIN/enclave" serve --repo "$REPO" --port "$PORT" --metrics-port "$METRICS" default_model=clinical-legal \
-  "adapters.smollm2=[clinical-legal]" "audit_log=$REPO/audit.jsonl" >"$LOG" 2>&1 &
+  "adapters.smollm2=[clinical-legal]" "audit_log=$REPO/audit.jsonl" "tls.cert=$SECRETS/tls/server.pem" \
+  "tls.key=$SECRETS/tls/server.key" "auth.tokens_file=$SECRETS/tokens.yaml" >"$LOG" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
+trap 'kill $PID 2>/dev/null || true; rm -rf "$SECRETS"' EXIT
 for _ in $(seq 180); do
   "$BIN/enclave" client health "${T[@]}" >/dev/null 2>&1 && break
   kill -0 $PID 2>/dev/null || { cat "$LOG"; exit 1; }
@@ -28,8 +35,10 @@ echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2 + the cli
 echo "-- a few lines of http://127.0.0.1:$METRICS/metrics --"
 "$BIN/python" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$METRICS/metrics').read().decode())" \
   | grep -E '^enclave_(requests_total|generation_tokens_total|time_to_first_token_seconds_(sum|count)|num_requests_running)' || true
-echo "-- the audit log: one line per request, no text --"
+echo "-- the audit log: one hash-chained line per request, no text --"
 tail -n 1 "$REPO/audit.jsonl"
 kill -TERM $PID
 wait $PID && echo "server drained and stopped (exit 0)"
+"$BIN/enclave" audit verify "$REPO/audit.jsonl"
+rm -rf "$SECRETS"
 trap - EXIT

@@ -8,6 +8,7 @@ every problem at once (torchtune's ConfigError does the same).
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -68,8 +69,13 @@ def read_yaml(path: Path, expect: type = dict) -> dict | list:
     return data
 
 
+# Keys whose values are never repeated in an error message: a mistyped secret must not reach a
+# terminal, a log or a CI transcript.
+SECRET_KEY = re.compile(r"token|secret|password|passphrase|credential|(^|\.)key$", re.IGNORECASE)
+
+
 def format_errors(exc: ValidationError) -> list[str]:
-    """One line per error: the dotted key as the user spells it, the value, the reason."""
+    """One line per error: the dotted key as the user spells it, the value (never for secret keys), the reason."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -77,6 +83,8 @@ def format_errors(exc: ValidationError) -> list[str]:
             lines.append(f"{key}: unknown key (check the spelling; `--help` lists the keys)")
         elif err["type"] == "missing":
             lines.append(f"{key}: required, but not given")
+        elif SECRET_KEY.search(key):
+            lines.append(f"{key}: {err['msg']} (the value is not shown: this key may hold a secret)")
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return lines

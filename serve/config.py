@@ -19,10 +19,11 @@ class TLSSettings(StrictConfig):
 
 
 class AuthSettings(StrictConfig):
-    """Bearer tokens (`authorization: Bearer <token>` metadata)."""
+    """Bearer tokens (`authorization: Bearer <token>` metadata), stored as sha256 hashes."""
 
     tokens_file: str | None = None
-    """YAML file: a list of {token, name, models (optional list), admin (bool)}; empty: no auth."""
+    """YAML file made by `enclave serve token create`: a list of {name, sha256, role, models}; empty: no auth
+    (then only loopback, or `insecure: true`, and nobody may call the Admin service)."""
 
 
 class LimitSettings(StrictConfig):
@@ -37,7 +38,7 @@ class LimitSettings(StrictConfig):
     max_message_bytes: int = Field(4 << 20, ge=1024)
     """Largest gRPC message accepted."""
     max_streams_per_token: int = Field(16, ge=1)
-    """Concurrent calls per bearer token (or per client, without auth)."""
+    """Concurrent calls per bearer token (or per client address, without auth), Tokenize and CountTokens included."""
 
     @model_validator(mode="after")
     def _default_fits(self) -> LimitSettings:
@@ -60,17 +61,47 @@ class SchedulerSettings(StrictConfig):
     running streams are not stalled for long by new arrivals."""
 
 
+class ConnectionSettings(StrictConfig):
+    """gRPC transport limits: what one client connection may hold, and how long it may live."""
+
+    max_concurrent_streams: int = Field(256, ge=1)
+    """Calls open at once on one HTTP/2 connection (grpc.max_concurrent_streams)."""
+    max_connection_idle_seconds: float = Field(300.0, gt=0)
+    """A connection with no call open for this long is closed (GOAWAY)."""
+    max_connection_age_seconds: float = Field(3600.0, gt=0)
+    """A connection is asked to reconnect after this long (spreads clients over replicas, bounds its state)."""
+    max_connection_age_grace_seconds: float = Field(300.0, ge=0)
+    """Calls running on an aged connection may take this long to finish before it is closed."""
+    keepalive_time_seconds: float = Field(60.0, gt=0)
+    """The server pings an idle connection this often to find dead peers."""
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
+    """A ping unanswered for this long closes the connection."""
+    min_ping_interval_seconds: float = Field(30.0, gt=0)
+    """Clients pinging more often than this are refused (too_many_pings), so pings cannot flood the server."""
+
+
 class ServeConfig(StrictConfig):
     """`enclave serve`: which models, where to listen, and the limits."""
 
     repo: str
     """The model repository directory (`enclave serve add` fills it)."""
     host: str = "127.0.0.1"
-    """Address to listen on (0.0.0.0 for every interface)."""
+    """Address to listen on (0.0.0.0 for every interface: then TLS and a tokens file are required, or `insecure: true`)."""
+    insecure: bool = False
+    """Allow listening on a non-loopback address without TLS and tokens (warned once a minute, and
+    exported as enclave_insecure_mode 1). Only for a network that nothing else can reach."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port (0: pick a free one and log it)."""
     metrics_port: int | None = Field(9464, ge=0, le=65535)
     """Prometheus /metrics port (empty: no metrics endpoint)."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics listens on, apart from the gRPC host (0.0.0.0 to let a Prometheus on another host scrape it)."""
+    metrics_max_connections: int = Field(16, ge=1)
+    """Scrapes served at once; more connections wait in the listen backlog, then are refused."""
+    metrics_timeout_seconds: float = Field(10.0, gt=0)
+    """A /metrics connection that sends nothing for this long is closed."""
+    reflection: bool = False
+    """gRPC server reflection (lets grpcurl list the services without the .proto); off: the .proto is the contract."""
     health_port: int | None = Field(None, ge=0, le=65535)
     """A plaintext port with grpc.health.v1 only, for probes that cannot speak TLS (Kubernetes gRPC probes); empty: none."""
     default_model: str | None = None
@@ -88,8 +119,13 @@ class ServeConfig(StrictConfig):
     grace_seconds: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish."""
     audit_log: str | None = None
-    """File for one JSON line per request (no text); empty: the audit lines go to the log."""
+    """File for one hash-chained JSON line per request (no text; `enclave audit verify FILE` checks it); empty: the log."""
+    audit_max_bytes: int = Field(64 << 20, ge=4096)
+    """The audit file is rotated (FILE.1, FILE.2, ...) past this size; the chain continues into the new file."""
+    audit_backups: int = Field(20, ge=1)
+    """Rotated audit files kept; older ones are deleted (copy them off the volume first to keep them longer)."""
     tls: TLSSettings = TLSSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    connections: ConnectionSettings = ConnectionSettings()

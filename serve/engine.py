@@ -69,8 +69,11 @@ class StepEngine:
         with self.cv:
             if self.closing:
                 raise ResourceExhausted(f"model {self.name} is shutting down", retry_ms=1000)
-            busy = len(self.running) >= s.max_batch_size
-            if busy and (len(self.waiting) >= s.max_queued or self.queued_tokens + len(job.prompt_ids) > s.max_queued_tokens):
+            # Both bounds hold at every moment, not only once the batch is full: a burst that arrives
+            # between two steps waits in ``waiting`` before the model thread admits any of it.
+            full = len(self.running) + len(self.waiting) >= s.max_batch_size + s.max_queued
+            heavy = self.waiting and self.queued_tokens + len(job.prompt_ids) > s.max_queued_tokens
+            if full or heavy:
                 raise ResourceExhausted(
                     f"model {self.name} is busy: {len(self.running)} running, {len(self.waiting)} queued "
                     f"({self.queued_tokens} prompt tokens; limits scheduler.max_queued={s.max_queued}, "

@@ -7,8 +7,9 @@ model, adapter and code only: never a prompt, a token or a caller.
 
 from __future__ import annotations
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
-                               start_http_server)  # fmt: skip
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+
+from serve.metrics_http import MetricsServer
 
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 E2E = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -40,12 +41,15 @@ class Metrics:
         self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
         self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
         self.load_time = Gauge("enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r)
+        self.insecure = Gauge("enclave_insecure_mode", "1 when the server runs with `insecure: true` (no TLS or no tokens "
+                              "on a non-loopback address)", registry=r)  # fmt: skip
+        self.reloads = Counter("enclave_credentials_reloads", "Tokens file or TLS certificate reloads, by what and result",
+                                   ("what", "result"), registry=r)  # fmt: skip
 
-    def serve(self, host: str, port: int) -> int:
+    def serve(self, host: str, port: int, max_connections: int = 16, timeout: float = 10.0) -> int:
         """Start the /metrics HTTP endpoint; returns its port (``port`` 0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self.http = server
-        return server.server_port
+        self.http = MetricsServer(self.registry, host, port, max_connections, timeout)
+        return self.http.port
 
     def start_series(self, model: str, adapter: str = "") -> None:
         """Create a model's (or adapter's) series at zero, so rate() and alerts see them before the first call."""
@@ -59,8 +63,8 @@ class Metrics:
 
     def close(self) -> None:
         if getattr(self, "http", None) is not None:
-            self.http.shutdown()
-            self.http.server_close()
+            self.http.close()
+            self.http = None
 
 
 class EngineGauges:

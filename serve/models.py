@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enclave.errors import EnclaveError
+from enclave.errors import EnclaveError, IntegrityError
 from enclave.lineage import adapter_fits
 from enclave.manifest import MANIFEST, read_manifest, require_valid
 from enclave.store import home
@@ -57,7 +57,7 @@ class Models:
         self.active: dict[str, Served] = {}
         self.retired: list[Served] = []
         self.lock = asyncio.Lock()
-        self.failed: dict[str, str] = {}  # model -> a version that failed to load (not retried until active.json changes)
+        self.failed: dict[str, tuple] = {}  # model -> (version, pin) that failed to load: not retried until active.json changes
         self.default: str | None = None
 
     async def start(self) -> None:
@@ -79,7 +79,7 @@ class Models:
     async def _open(self, name: str, version: Version) -> Served:
         started = time.perf_counter()
         log.info("loading model %s version %s (%s)", name, version.version, version.manifest.kind)
-        await asyncio.to_thread(require_valid, version.path)  # every file against its sha256, before any is read
+        await asyncio.to_thread(self.repo.verified, version)  # every file against its sha256 and the pin, before any is read
         tokenizer = ServeTokenizer(version.path)
         engine = await open_engine(version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name))
         served = Served(name, version, tokenizer, engine, time.perf_counter() - started)
@@ -126,6 +126,8 @@ class Models:
                 return served.adapters[name], 0.0
             try:
                 path = await asyncio.to_thread(self._adapter_path, name)  # hash-verified
+            except IntegrityError as exc:  # it is there, but not as it was verified and pinned: refuse, don't load
+                raise FailedPrecondition(f"adapter: {exc.message}") from None
             except EnclaveError as exc:
                 raise NotFound(f"adapter: {exc.message}") from None
             manifest = read_manifest(path)
@@ -142,15 +144,13 @@ class Models:
         return manifest.digest, time.perf_counter() - started
 
     def _adapter_path(self, name: str) -> Path:
-        """REPO/adapters/NAME, else the artifact store's $ENCLAVE_HOME/adapters/NAME; verified."""
-        try:
+        """REPO/adapters/NAME (verified and checked against its pin), else the artifact store's
+        $ENCLAVE_HOME/adapters/NAME (verified); one that fails a check is refused, never replaced."""
+        stored = home() / "adapters" / name
+        if (self.repo.adapters_dir / name / MANIFEST).is_file() or not (stored / MANIFEST).is_file():
             return self.repo.adapter(name)
-        except EnclaveError:
-            stored = home() / "adapters" / name
-            if not (stored / MANIFEST).is_file():
-                raise
-            require_valid(stored)
-            return stored
+        require_valid(stored)
+        return stored
 
     async def unload_adapter(self, model: str, name: str) -> None:
         served = self.get(model)
@@ -171,28 +171,45 @@ class Models:
         while True:
             await asyncio.sleep(self.cfg.watch_seconds)
             for name, served in list(self.active.items()):
-                wanted = served.version.version
+                wanted = (served.version.version, None)
                 try:
-                    wanted = self.repo.state(name)["active"]
-                    if wanted != served.version.version and self.failed.get(name) != wanted:
-                        await self.swap(name, self.repo.version(name, wanted))
+                    state = self.repo.state(name)
+                    wanted = (state["active"], state["digest"])
+                    if wanted[0] != served.version.version and self.failed.get(name) != wanted:
+                        await self.swap(name, self.repo.version(name, wanted[0]))
                 except Exception as exc:
                     self.failed[name] = wanted
-                    log.error("model %s: could not switch to version %s (%s); still serving %s", name, wanted, exc, served.version.version,
+                    log.error("model %s: could not switch to version %s (%s); still serving %s", name, wanted[0], exc,
+                              served.version.version,
                               exc_info=not isinstance(exc, EnclaveError))  # fmt: skip
 
     async def swap(self, name: str, version: Version) -> None:
+        """Load a version, reload the old one's adapters on it (verified again), and send new requests to it."""
         old = self.active[name]
         new = await self._open(name, version)
-        for adapter in old.adapters:
-            path = self.repo.adapters_dir / adapter
-            if path.is_dir() and adapter_fits(read_manifest(path), version.manifest, version.path) and adapter not in new.adapters:
-                await new.engine.load_adapter(adapter, path)
-                new.adapters[adapter] = old.adapters[adapter]
+        try:
+            await self._reload_adapters(old, new)
+        except BaseException:
+            await asyncio.to_thread(new.engine.close)  # the old version keeps serving; the new engine is not leaked
+            raise
         self.active[name] = new  # new requests go to the new version from here
         log.info("model %s: version %s is active (was %s); the old one finishes its requests", name, version.version, old.version.version)
         self.retired.append(old)
         asyncio.get_running_loop().create_task(self._retire(old))
+
+    async def _reload_adapters(self, old: Served, new: Served) -> None:
+        for adapter in old.adapters:
+            if adapter in new.adapters:
+                continue
+            try:  # the same verifying path as LoadAdapter: the files may have changed since they were loaded
+                path = await asyncio.to_thread(self._adapter_path, adapter)
+            except EnclaveError as exc:
+                log.error("model %s version %s: adapter %s not reloaded: %s", new.name, new.version.version, adapter, exc)
+                continue
+            manifest = read_manifest(path)
+            if adapter_fits(manifest, new.version.manifest, new.version.path):
+                await new.engine.load_adapter(adapter, path)
+                new.adapters[adapter] = manifest.digest
 
     async def _retire(self, old: Served) -> None:
         while old.engine.load():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
+import weakref
 
 from enclave.v1 import inference_pb2 as pb
 from serve.backends.base import Sampling
@@ -48,6 +49,42 @@ def prompt_ids(request, tokenizer, text_field: str = "prompt") -> list[int]:
     if not text:
         raise InvalidArgument(f"{text_field}: empty; send some text")
     return tokenizer.encode(text)
+
+
+_MAX_TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def max_token_bytes(tokenizer) -> int:
+    """The most bytes of text one token of the vocabulary covers (an upper bound; cached per tokenizer)."""
+    most = _MAX_TOKEN_BYTES.get(tokenizer)
+    if most is None:
+        most = max(len(piece.encode()) for piece in tokenizer.tok.get_vocab())
+        _MAX_TOKEN_BYTES[tokenizer] = most
+    return most
+
+
+def input_chars(request, text_field: str = "prompt") -> int:
+    """Characters of text in the request's input (the prompt, or every chat message's content and role).
+
+    Characters, not bytes: counting them costs nothing, and a text has at least as many bytes as characters.
+    """
+    if request.WhichOneof("input") == "chat":
+        return sum(len(m.content) + len(m.role) for m in request.chat.messages)
+    return len(getattr(request, text_field))
+
+
+def check_bytes(request, tokenizer, most_tokens: int, text_field: str = "prompt") -> None:
+    """Refuse input that cannot fit in ``most_tokens`` tokens, from its length alone, before tokenizing it.
+
+    No token covers more than ``max_token_bytes`` bytes, and text has at least as many bytes as
+    characters, so text longer than ``most_tokens * max_token_bytes`` characters is certainly over
+    the limit: it is refused at once instead of costing seconds of tokenizer time.
+    """
+    size, per_token = input_chars(request, text_field), max_token_bytes(tokenizer)
+    if size > most_tokens * per_token:
+        field = "chat.messages" if request.WhichOneof("input") == "chat" else text_field
+        raise ResourceExhausted(f"{field}: {size} characters cannot fit in {most_tokens} tokens (this server's limit, "
+                                f"limits.max_prompt_tokens; no token is longer than {per_token} bytes); shorten it")  # fmt: skip
 
 
 def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:

@@ -25,7 +25,9 @@ from serve.config import ServeConfig
 from serve.interceptors import ErrorInterceptor
 from serve.metrics import Metrics
 from serve.models import Models
-from serve.service import AdminService, Gate, InferenceService
+from serve.gate import Gate
+from serve.service import AdminService, InferenceService
+from serve.tls import ReloadingCredentials, check_exposure
 
 log = logging.getLogger("enclave.serve")
 SERVICES = ("enclave.v1.Inference", "enclave.v1.Admin")
@@ -34,23 +36,29 @@ SERVICES = ("enclave.v1.Inference", "enclave.v1.Admin")
 LIVENESS = "liveness"
 
 
-def credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
-    """TLS from the configured PEM files; with tls.client_ca, clients must present a certificate (mTLS)."""
-    tls = cfg.tls
-    if not (tls.cert or tls.key or tls.client_ca):
-        return None
-    if not (tls.cert and tls.key):
-        raise EnclaveError("tls: cert and key go together", fix="set both tls.cert and tls.key (PEM files), or neither")
-    read = {}
-    for name in ("cert", "key", "client_ca"):
-        path = getattr(tls, name)
-        if path:
-            try:
-                read[name] = Path(path).expanduser().read_bytes()
-            except OSError as exc:
-                raise EnclaveError(f"tls.{name}: cannot read {path} ({exc.strerror})", fix="point it at a PEM file") from None
-    return grpc.ssl_server_credentials([(read["key"], read["cert"])], root_certificates=read.get("client_ca"),
-                                       require_client_auth="client_ca" in read)  # fmt: skip
+# Seconds between the warnings of a server running with `insecure: true`.
+INSECURE_WARNING_SECONDS = 60.0
+
+
+def grpc_options(cfg: ServeConfig) -> list[tuple[str, int]]:
+    """Message sizes and the transport limits of ``connections`` as grpc core channel arguments."""
+    size, c = cfg.limits.max_message_bytes, cfg.connections
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0),  # a second server on the port is an error
+            ("grpc.max_concurrent_streams", c.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", ms(c.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", ms(c.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(c.max_connection_age_grace_seconds)),
+            ("grpc.keepalive_time_ms", ms(c.keepalive_time_seconds)),
+            ("grpc.keepalive_timeout_ms", ms(c.keepalive_timeout_seconds)),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(c.min_ping_interval_seconds)),
+            ("grpc.http2.max_ping_strikes", 2)]  # fmt: skip
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it (IPv6 addresses in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class Server:
@@ -58,39 +66,68 @@ class Server:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
+        self.insecure = check_exposure(cfg)
         self.metrics = Metrics()
-        self.audit = Audit(cfg.audit_log)
+        self.metrics.insecure.set(1 if self.insecure else 0)
+        self.audit = Audit(cfg.audit_log, max_bytes=cfg.audit_max_bytes, backups=cfg.audit_backups)
         self.gate = Gate(cfg)
         self.models = Models(cfg, self.metrics)
-        size = cfg.limits.max_message_bytes
-        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                    options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                                             ("grpc.so_reuseport", 0)])  # fmt: skip  (a second server on the port is an error)
+        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(cfg))
         self.health = health.aio.HealthServicer()
-        rpc.add_InferenceServicer_to_server(InferenceService(cfg, self.models, self.gate, self.metrics, self.audit), self.grpc)
+        self.inference = InferenceService(cfg, self.models, self.gate, self.metrics, self.audit)
+        rpc.add_InferenceServicer_to_server(self.inference, self.grpc)
         rpc.add_AdminServicer_to_server(AdminService(self.models, self.gate, self.audit), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = [pb.DESCRIPTOR.services_by_name[s.split(".")[-1]].full_name for s in SERVICES]
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
-        address = f"{cfg.host}:{cfg.port}"
-        creds = credentials(cfg)
+        if cfg.reflection:
+            names = [pb.DESCRIPTOR.services_by_name[s.split(".")[-1]].full_name for s in SERVICES]
+            reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        address = host_port(cfg.host, cfg.port)
+        self.tls = ReloadingCredentials(cfg, self._reloaded) if (cfg.tls.cert or cfg.tls.key or cfg.tls.client_ca) else None
         try:
-            self.port = self.grpc.add_secure_port(address, creds) if creds else self.grpc.add_insecure_port(address)
+            self.port = self.grpc.add_secure_port(address, self.tls.credentials) if self.tls else self.grpc.add_insecure_port(address)
         except RuntimeError:
             raise EnclaveError(f"port: cannot listen on {address} (in use, or not an address of this machine)",
                                fix="pick another --port (0 picks a free one) or stop what holds it") from None
         self.metrics_port: int | None = None
         self.probe, self.health_port = self._probe_server(cfg)
-        self.watcher: asyncio.Task | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    def _reloaded(self, what: str, result: str) -> None:
+        self.metrics.reloads.labels(what, result).inc()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: read the tokens file and the TLS files again (calls in flight keep going)."""
+        log.info("SIGHUP: reloading the tokens file and TLS certificates")
+        if self.gate.path:
+            self._reloaded("tokens", "ok" if self.gate.reload(force=True) else "error")
+        if self.tls is not None:
+            self.tls.reload()
+
+    async def _watch_credentials(self) -> None:
+        """Reload the tokens file when it changes (TLS files are checked at each handshake)."""
+        while True:
+            await asyncio.sleep(self.cfg.watch_seconds)
+            stamp = self.gate.stamp
+            if self.gate.reload():
+                self._reloaded("tokens", "ok")
+            elif self.gate.stamp != stamp:
+                self._reloaded("tokens", "error")
+
+    async def _warn_insecure(self) -> None:
+        while True:
+            log.warning("insecure: true: listening on %s:%d without %s; anyone who can reach this address can read prompts "
+                        "and answers. Configure tls.* and auth.tokens_file (README, Security)", self.cfg.host, self.port,
+                        "TLS" if self.tls is None else "tokens")  # fmt: skip
+            await asyncio.sleep(INSECURE_WARNING_SECONDS)
 
     def _probe_server(self, cfg: ServeConfig):
         """The health-only plaintext server for probes (it carries no model traffic and no data)."""
         if cfg.health_port is None:
             return None, None
-        probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        probe = grpc.aio.server(options=grpc_options(cfg))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
         try:
-            return probe, probe.add_insecure_port(f"{cfg.host}:{cfg.health_port}")
+            return probe, probe.add_insecure_port(host_port(cfg.host, cfg.health_port))
         except RuntimeError:
             raise EnclaveError(f"health_port: cannot listen on {cfg.host}:{cfg.health_port} (in use, or not an address of this machine)",
                                fix="pick another health_port (0 picks a free one), or leave it empty for none") from None
@@ -108,15 +145,21 @@ class Server:
             await self.probe.start()
         if self.cfg.metrics_port is not None:
             try:
-                self.metrics_port = self.metrics.serve(self.cfg.host, self.cfg.metrics_port)
+                self.metrics_port = self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port, self.cfg.metrics_max_connections,
+                                                       self.cfg.metrics_timeout_seconds)  # fmt: skip
             except OSError as exc:
-                raise EnclaveError(f"metrics_port: cannot listen on {self.cfg.host}:{self.cfg.metrics_port} ({exc.strerror})",
+                raise EnclaveError(f"metrics_port: cannot listen on {self.cfg.metrics_host}:{self.cfg.metrics_port} ({exc.strerror})",
                                    fix="pick another --metrics-port (0 picks a free one), or metrics_port=null for none") from None
-        scheme = "TLS" if credentials(self.cfg) else "plaintext"
-        log.info("listening on %s:%d (%s%s); metrics on :%s/metrics", self.cfg.host, self.port, scheme,
-                 ", client certificates required" if self.cfg.tls.client_ca else "", self.metrics_port)  # fmt: skip
+        scheme = "TLS" if self.tls else "plaintext"
+        log.info("listening on %s:%d (%s%s, %s); metrics on %s:%s/metrics", self.cfg.host, self.port, scheme,
+                 ", client certificates required" if self.cfg.tls.client_ca else "",
+                 "tokens required" if self.gate.tokens else "no tokens: no admin", self.cfg.metrics_host, self.metrics_port)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        if self.insecure:
+            self.tasks.append(loop.create_task(self._warn_insecure()))
+        self.tasks.append(loop.create_task(self._watch_credentials()))
         await self.models.start()
-        self.watcher = asyncio.get_running_loop().create_task(self.models.watch())
+        self.tasks.append(loop.create_task(self.models.watch()))
         self.gate.accepting = True
         await self._status(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s (default %s)", ", ".join(self.models.active), self.models.default)
@@ -128,11 +171,12 @@ class Server:
         await self._status(health_pb2.HealthCheckResponse.NOT_SERVING)
         busy = self.models.busy()
         log.info("draining: %d requests in flight, up to %.0f s", busy, grace)
-        if self.watcher is not None:
-            self.watcher.cancel()
+        for task in self.tasks:
+            task.cancel()
         await self.grpc.stop(grace)
         if self.probe is not None:
             await self.probe.stop(0)
+        self.inference.close()
         await self.models.close()
         self.metrics.close()
         self.audit.close()
@@ -146,10 +190,13 @@ async def serve(cfg: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     starting = loop.create_task(server.start())
     stopping = loop.create_task(stop.wait())
     await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and starting.exception() is not None:
+        for task in server.tasks:
+            task.cancel()
         await server.grpc.stop(0)
         if server.probe is not None:
             await server.probe.stop(0)

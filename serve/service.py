@@ -5,8 +5,8 @@ send back what it generates, and account for it (metrics, one audit line).
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -14,38 +14,16 @@ from enclave.v1 import inference_pb2 as pb
 from enclave.v1 import inference_pb2_grpc as rpc
 from serve import requests
 from serve.audit import Audit
-from serve.auth import ANONYMOUS, Caller, Tokens
+from serve.auth import Caller
 from serve.backends.base import Event, Job
 from serve.config import ServeConfig
-from serve.errors import ResourceExhausted, ServeError, Unavailable
+from serve.errors import ResourceExhausted, ServeError
+from serve.gate import Gate
 from serve.metrics import Metrics
 from serve.models import Models, Served
 
 FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
           "context_limit": pb.FINISH_REASON_CONTEXT_LIMIT}  # fmt: skip
-
-
-class Gate:
-    """Who may call, how many calls each caller has open, and whether the server takes calls."""
-
-    def __init__(self, cfg: ServeConfig) -> None:
-        self.tokens = Tokens(cfg.auth.tokens_file) if cfg.auth.tokens_file else None
-        self.max_streams = cfg.limits.max_streams_per_token
-        self.open: collections.Counter[str] = collections.Counter()
-        self.accepting = False  # until the models are warm, and again while draining
-
-    def caller(self, context) -> Caller:
-        if not self.accepting:
-            raise Unavailable("the server is starting or shutting down; retry shortly (health: NOT_SERVING)")
-        return self.tokens.caller(context.invocation_metadata()) if self.tokens else ANONYMOUS
-
-    def enter(self, caller: Caller) -> None:
-        if self.open[caller.id] >= self.max_streams:
-            raise ResourceExhausted(f"this token has {self.open[caller.id]} calls open, the limit (limits.max_streams_per_token)", retry_ms=1000)
-        self.open[caller.id] += 1
-
-    def leave(self, caller: Caller) -> None:
-        self.open[caller.id] -= 1
 
 
 def _merge(a: Event, b: Event) -> Event:
@@ -54,30 +32,52 @@ def _merge(a: Event, b: Event) -> Event:
 
 
 class _Call:
-    """One generation call: its job, and the accounting when it ends."""
+    """One generation call: its job, and the accounting when it ends.
 
-    def __init__(self, svc: InferenceService, request: pb.GenerateRequest, context) -> None:
-        self.svc, self.context = svc, context
-        self.caller = svc.gate.caller(context)
-        self.request_id = requests.request_id(request.request_id)
+    ``await _Call.open(...)`` checks the request, counts it against the caller's limit and
+    tokenizes it off the event loop; ``events()`` then runs it and releases the caller's slot.
+    """
+
+    def __init__(self, svc: InferenceService, request: pb.GenerateRequest, context, caller: Caller) -> None:
+        self.svc, self.context, self.caller = svc, context, caller
+        # A caller without a token does not choose the id its call is audited under.
+        self.request_id = requests.request_id(request.request_id if caller.authenticated else "")
         self.served: Served = svc.models.get(request.model, request.model_version)
         self.caller.check_model(self.served.name)
         svc.models.check_adapter(self.served, request.adapter)
-        limits = svc.cfg.limits
-        sampling = requests.sampling(request.sampling, limits)
-        ids = requests.prompt_ids(request, self.served.tokenizer)
-        requests.check_prompt(ids, self.served.context_length, limits)
-        remaining = context.time_remaining()
-        self.job = Job(self.request_id, ids, sampling, adapter=request.adapter or None,
-                       deadline=time.monotonic() + remaining if remaining is not None else None,
-                       loop=asyncio.get_running_loop(), queue=asyncio.Queue())  # fmt: skip
+        self.limits = svc.cfg.limits
+        self.sampling = requests.sampling(request.sampling, self.limits)
+        requests.check_bytes(request, self.served.tokenizer, self.limits.max_prompt_tokens)
+        self.job: Job | None = None
+        self.entered = False
         self.finish: str | None = None
         self.last_token: float | None = None
+
+    @classmethod
+    async def open(cls, svc: InferenceService, request: pb.GenerateRequest, context, caller: Caller) -> _Call:
+        call = cls(svc, request, context, caller)
+        svc.gate.enter(caller)
+        call.entered = True
+        try:
+            ids = await svc.off_loop(requests.prompt_ids, request, call.served.tokenizer)
+            requests.check_prompt(ids, call.served.context_length, call.limits)
+        except BaseException:
+            call.release()
+            raise
+        remaining = context.time_remaining()
+        call.job = Job(call.request_id, ids, call.sampling, adapter=request.adapter or None,
+                       deadline=time.monotonic() + remaining if remaining is not None else None,
+                       loop=asyncio.get_running_loop(), queue=asyncio.Queue())  # fmt: skip
+        return call
+
+    def release(self) -> None:
+        if self.entered:
+            self.entered = False
+            self.svc.gate.leave(self.caller)
 
     async def events(self):
         """Submit the job and yield its events; a cancelled or failed call frees its slot."""
         engine = self.served.engine
-        self.svc.gate.enter(self.caller)
         try:
             engine.submit(self.job)
             while True:
@@ -92,7 +92,7 @@ class _Call:
                     self.finish = event.finish
                     return
         finally:
-            self.svc.gate.leave(self.caller)
+            self.release()
             if self.finish is None:
                 engine.cancel(self.job)
 
@@ -139,6 +139,15 @@ class _Call:
 class InferenceService(rpc.InferenceServicer):
     def __init__(self, cfg: ServeConfig, models: Models, gate: Gate, metrics: Metrics, audit: Audit) -> None:
         self.cfg, self.models, self.gate, self.metrics, self.audit = cfg, models, gate, metrics, audit
+        # Tokenizing and chat templating run here, never on the event loop: a long prompt must not
+        # stall other calls or the health checks. Two workers: CPU the server can spare.
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+
+    async def off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _accounted(self, call: _Call, body):
         code = grpc.StatusCode.OK
@@ -158,10 +167,12 @@ class InferenceService(rpc.InferenceServicer):
         finally:
             call.record(code)
 
-    def _call(self, request, context) -> _Call:
-        """Check the request; a refused one is still counted and audited."""
+    async def _call(self, request, context) -> _Call:
+        """Check the request; a refused one is still counted and audited (at a bounded rate without a token)."""
+        caller = None
         try:
-            return _Call(self, request, context)
+            caller = self.gate.caller(context)
+            return await _Call.open(self, request, context, caller)
         except ServeError as exc:
             model = request.model or self.models.default or ""
             served = self.models.active.get(model)
@@ -170,11 +181,14 @@ class InferenceService(rpc.InferenceServicer):
             adapter = request.adapter if served is not None and (not request.adapter or request.adapter in served.adapters) else "unknown"
             labels = (model if served is not None else "unknown", adapter if served is not None else "")
             self.metrics.requests.labels(*labels, exc.code.name).inc()
-            self.audit.record(request_id=request.request_id[:128], model=labels[0], adapter=labels[1], status=exc.code.name)
+            trusted = caller is not None and caller.authenticated
+            self.gate.audit_refusal(self.audit, trusted, request_id=request.request_id[:128] if trusted else requests.request_id(""),
+                                    token=caller.id if caller is not None else "", model=labels[0], adapter=labels[1],
+                                    status=exc.code.name)  # fmt: skip
             raise
 
     async def Generate(self, request, context):
-        call = self._call(request, context)
+        call = await self._call(request, context)
         ids, text = [], []
         async for event in self._accounted(call, call.events()):
             ids.extend(event.token_ids)
@@ -185,7 +199,7 @@ class InferenceService(rpc.InferenceServicer):
                                    usage=usage, timings=timings, model=s.name, model_version=s.version.version, adapter=request.adapter)  # fmt: skip
 
     async def GenerateStream(self, request, context):
-        call = self._call(request, context)
+        call = await self._call(request, context)
         async for event in self._accounted(call, call.events()):
             message = pb.GenerateStreamResponse(request_id=call.request_id, token_ids=event.token_ids, text=event.text)
             if event.finish:
@@ -195,21 +209,27 @@ class InferenceService(rpc.InferenceServicer):
                 message.finish_reason = FINISH[event.finish]
             yield message
 
-    def _tokenize(self, request, context) -> tuple[Served, list[int]]:
+    async def _tokenize(self, request, context) -> tuple[Served, list[int]]:
         caller = self.gate.caller(context)
         served = self.models.get(request.model, request.model_version)
         caller.check_model(served.name)
-        ids = requests.prompt_ids(request, served.tokenizer, text_field="text")
-        if len(ids) > self.cfg.limits.max_prompt_tokens * 4:
-            raise ResourceExhausted(f"text: {len(ids)} tokens; this server tokenizes at most {self.cfg.limits.max_prompt_tokens * 4}")
+        most = self.cfg.limits.max_prompt_tokens * 4
+        requests.check_bytes(request, served.tokenizer, most, text_field="text")
+        self.gate.enter(caller)  # counted like any call: a flood of Tokenize calls has the same limit
+        try:
+            ids = await self.off_loop(requests.prompt_ids, request, served.tokenizer, "text")
+        finally:
+            self.gate.leave(caller)
+        if len(ids) > most:
+            raise ResourceExhausted(f"text: {len(ids)} tokens; this server tokenizes at most {most}")
         return served, ids
 
     async def Tokenize(self, request, context):
-        served, ids = self._tokenize(request, context)
-        return pb.TokenizeResponse(token_ids=ids, tokens=served.tokenizer.pieces(ids))
+        served, ids = await self._tokenize(request, context)
+        return pb.TokenizeResponse(token_ids=ids, tokens=await self.off_loop(served.tokenizer.pieces, ids))
 
     async def CountTokens(self, request, context):
-        served, ids = self._tokenize(request, context)
+        served, ids = await self._tokenize(request, context)
         return pb.CountTokensResponse(count=len(ids), context_length=served.context_length)
 
     async def ListModels(self, request, context):

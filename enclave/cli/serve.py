@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 HELP = "serve models over gRPC (run the server: the default), or manage its model repository (add, activate, rollback, list)"
-ACTIONS = ("run", "add", "add-adapter", "activate", "rollback", "list")
+ACTIONS = ("run", "add", "add-adapter", "activate", "rollback", "list", "token", "cert")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
   enclave serve add ~/.cache/enclave/artifacts/clinical-legal-onnx --repo repo/ --name clinical-legal --version 1
@@ -16,6 +16,13 @@ EPILOG = """examples:
   enclave serve activate clinical-legal 2 --repo repo/      a running server switches within watch_seconds
   enclave serve rollback clinical-legal --repo repo/        back to the version active before
   enclave serve list --repo repo/
+  enclave serve token create --name ehr-gateway --role reader --tokens-file tokens.yaml   prints the token once
+  enclave serve token revoke --name ehr-gateway --tokens-file tokens.yaml                 a running server drops it
+  enclave serve cert create certs/ --host enclave.hospital.local --host 10.0.0.7 --client ehr-gateway   a test CA
+
+security: on any address but loopback the server needs tls.cert, tls.key and auth.tokens_file (or
+insecure: true); the Admin service needs a token with role admin. Tokens files and certificates
+reload when they change or on SIGHUP.
 
 settings (YAML keys, or key=value):
 """
@@ -56,6 +63,37 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", help="the repository's models, versions and adapters")
     _repo(p)
     p.set_defaults(func=_list)
+    _register_token(sub.add_parser("token", help="bearer tokens: create one (printed once, its sha256 stored), add, revoke"))
+    p = sub.add_parser("cert", help="a test certificate authority with server and client certificates (for TLS and mTLS trials)")
+    cert = p.add_subparsers(dest="cert_action", metavar="ACTION", required=True)
+    p = cert.add_parser("create", help="write ca.pem, server.pem/.key (and client.pem/.key) into DIR; keys mode 0600")
+    p.add_argument("dir", type=Path, help="output directory")
+    p.add_argument("--host", action="append", default=[], help="a DNS name or IP address clients connect to (repeat; default localhost, 127.0.0.1)")
+    p.add_argument("--client", metavar="NAME", help="also issue a client certificate with this name (for tls.client_ca, mutual TLS)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.add_argument("--force", action="store_true", help="replace files already in DIR")
+    p.set_defaults(func=_cert_create)
+
+
+def _register_token(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+
+    def common(p, role=True):
+        p.add_argument("--name", required=True, help="who holds the token (shown in logs; the audit log records a hash id)")
+        p.add_argument("--tokens-file", type=Path, default=None, help="the tokens file (default $ENCLAVE_HOME/serve/tokens.yaml)")
+        if role:
+            p.add_argument("--role", choices=("reader", "admin"), default="reader", help="reader: Inference; admin: also the Admin service")
+            p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models (default: all)")
+
+    p = sub.add_parser("create", help="make a 256-bit token: it goes to stdout once, only its sha256 goes in the file")
+    common(p)
+    p.set_defaults(func=_token_create)
+    p = sub.add_parser("add", help="register a token read from standard input (from a site's secret store); weak ones are refused")
+    common(p)
+    p.set_defaults(func=_token_add)
+    p = sub.add_parser("revoke", help="remove a token's entry; a running server stops accepting it within watch_seconds")
+    common(p, role=False)
+    p.set_defaults(func=_token_revoke)
 
 
 def _repo(p: argparse.ArgumentParser) -> None:
@@ -120,4 +158,57 @@ def _list(args: argparse.Namespace) -> int:
     console().print(table)
     adapters = sorted(p.name for p in repo.adapters_dir.iterdir()) if repo.adapters_dir.is_dir() else []
     print(f"adapters: {', '.join(adapters) or 'none'}")
+    return 0
+
+
+def _tokens_file(args: argparse.Namespace) -> Path:
+    from enclave.store import home
+
+    return args.tokens_file.expanduser() if args.tokens_file else home() / "serve" / "tokens.yaml"
+
+
+def _token_create(args: argparse.Namespace, token: str | None = None) -> int:
+    import sys
+
+    from serve.auth import add_token
+
+    path = _tokens_file(args)
+    token = add_token(path, args.name, args.role, args.models, token)
+    print(f"added {args.name} ({args.role}) to {path}; the token is shown once, below: give it to its holder over a "
+          f"channel you trust (clients send it as `authorization: Bearer TOKEN`)", file=sys.stderr)  # fmt: skip
+    if token is not None and args.token_action == "create":
+        print(token)
+    return 0
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    import sys
+
+    from enclave.errors import EnclaveError
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise EnclaveError("standard input: no token", fix="pipe the token in, e.g. `vault read -field=token ... | enclave serve token add ...`")
+    return _token_create(args, token)
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from serve.auth import revoke_token
+
+    path = _tokens_file(args)
+    revoke_token(path, args.name)
+    print(f"revoked {args.name} in {path}")
+    return 0
+
+
+def _cert_create(args: argparse.Namespace) -> int:
+    from serve.certs import create_certificates
+
+    issued = create_certificates(args.dir, args.host or ["localhost", "127.0.0.1"], args.client, args.days, args.force)
+    print(f"wrote a test CA and certificates to {args.dir}:\n"
+          f"  server: tls.cert={issued.cert} tls.key={issued.key}\n"
+          f"  clients trust: {issued.ca}  (enclave client --ca {issued.ca})")  # fmt: skip
+    if issued.client_cert:
+        print(f"  mutual TLS: tls.client_ca={issued.ca}; client: --cert {issued.client_cert} --key {issued.client_key}")
+    print(f"  keep {issued.ca_key} offline: it signs certificates this server's clients trust")
     return 0

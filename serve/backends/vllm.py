@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from serve.backends.base import Event, Job
@@ -37,7 +38,7 @@ class Engine:
         self.context_length = int(config.get("max_position_embeddings") or 2048)
         self.memory_share = memory_share
         self.tensor_parallel_size = tensor_parallel_size
-        self.tasks: dict[int, tuple[Job, asyncio.Task]] = {}
+        self.tasks: dict[int, tuple[Job, asyncio.Task]] = {}  # id(job) -> the job and the task that runs it in vLLM
         self.loras: dict[str, object] = {}
         self.lora_ids = 0
         self.closing = False
@@ -69,7 +70,11 @@ class Engine:
         if len(self.tasks) >= s.max_batch_size + s.max_queued:
             raise ResourceExhausted(f"model {self.name} is busy: {len(self.tasks)} requests in vLLM (limit scheduler.max_batch_size "
                                     f"+ scheduler.max_queued = {s.max_batch_size + s.max_queued})", retry_ms=500)  # fmt: skip
-        task = asyncio.get_running_loop().create_task(self._run(job))
+        # vLLM's own id, never the caller's request_id: callers may repeat theirs, and vLLM breaks on a duplicate
+        # id. The caller's id is only echoed and audited; this one is logged beside it, and cancelling goes by job.
+        engine_id = uuid.uuid4().hex
+        log.debug("model %s: request %s is vLLM request %s", self.name, job.request_id, engine_id)
+        task = asyncio.get_running_loop().create_task(self._run(job, engine_id))
         self.tasks[id(job)] = (job, task)
         task.add_done_callback(lambda _t: self._done(job))
         self._gauges()
@@ -83,7 +88,7 @@ class Engine:
             running = min(len(self.tasks), self.settings.max_batch_size)
             self.gauges.update(running, len(self.tasks) - running, self.settings.max_batch_size, stepped=True)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, engine_id: str) -> None:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -97,7 +102,8 @@ class Engine:
         tracker = Tracker(job, self.tokenizer, self.context_length)
         lora = self.loras.get(job.adapter) if job.adapter else None
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=job.prompt_ids), params, job.request_id, lora_request=lora):
+            prompt = TokensPrompt(prompt_token_ids=job.prompt_ids)
+            async for out in self.llm.generate(prompt, params, engine_id, lora_request=lora):
                 if job.started is None:
                     job.started = time.monotonic()  # vLLM does not say when it scheduled it; the first output is close
                 for token in out.outputs[0].token_ids:

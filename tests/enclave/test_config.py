@@ -73,3 +73,13 @@ def test_flags_use_docstrings_and_feed_the_config():
     args = parser.parse_args(["--lr", "0.5"])
     assert flag_values(args) == {"lr": "0.5"}
     assert load_config(Train, None, ["steps=3"], flags=flag_values(args)) == Train(lr=0.5, steps=3)
+
+
+def test_config_errors_never_echo_a_secret_value():
+    from serve.config import ServeConfig
+
+    with pytest.raises(ConfigError) as e:
+        load_config(ServeConfig, None, ["repo=x", "tls.key={pem: hunter2-private}", "auth.tokens_file=[s3cr3t-token-value]", "port=abc"])
+    text = str(e.value)
+    assert "hunter2" not in text and "s3cr3t" not in text and "the value is not shown" in text
+    assert "port" in text and "'abc'" in text  # ordinary values are still named

@@ -17,7 +17,7 @@ import pytest
 from enclave.client import Client
 from enclave.v1 import inference_pb2 as pb
 from tests.conftest import VLLM_PYTHON
-from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import admin_tokens, running, serve_config
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-135m-instruct"
@@ -95,13 +95,15 @@ def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
     repo = tmp_path / "repo"
     _cli(store, "serve", "add", str(out), "--repo", str(repo), "--name", "smollm2-vllm", "--version", "1")
     _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
+    tokens, admin = admin_tokens(tmp_path)  # the Admin rpcs below need an admin token
     proc = subprocess.Popen([VLLM_PYTHON, "-m", "enclave", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-                             "vllm_memory_share=0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+                             "vllm_memory_share=0.2", f"auth.tokens_file={tokens}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     try:
         line = proc.stdout.readline()  # after vLLM has loaded (a minute or two on 2 cores)
         assert "listening on" in line, proc.stderr.read()[-3000:]
         port = int(line.split(",")[0].rsplit(":", 1)[1])
-        with Client(f"127.0.0.1:{port}") as c:
+        with Client(f"127.0.0.1:{port}", token=admin) as c:
             info = c.models().models[0]
             assert info.backend == "vllm" and [a.name for a in info.adapters] == ["integration"]
             base = c.generate(QUESTIONS[0], chat=True, max_tokens=24)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from enclave.errors import IntegrityError
-from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import admin_tokens, running, serve_config
 
 pytestmark = pytest.mark.reliability
 
@@ -55,11 +55,13 @@ def test_flipped_byte_edited_manifest_and_swapped_adapter_are_refused_by_name(se
     target = repo / "adapters" / "facts" / "adapter_model.safetensors"
     other = {k: v * 2 + 0.01 for k, v in load_file(target).items()}
     save_file(other, target)
-    with running(serve_config(repo, default_model="tiny")) as server, Client(f"127.0.0.1:{server.port}", timeout=60) as c:
+    tokens, admin = admin_tokens(tmp_path)
+    with (running(serve_config(repo, default_model="tiny", auth__tokens_file=str(tokens))) as server,
+          Client(f"127.0.0.1:{server.port}", timeout=60, token=admin) as c):  # fmt: skip
         with pytest.raises(grpc.RpcError) as e:
             c.load_adapter("facts", model="tiny")
         refused["swapped adapter"] = e.value.details()
-        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "adapter_model.safetensors" in e.value.details()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "adapter_model.safetensors" in e.value.details()
         assert all("facts" not in [a.name for a in m.adapters] for m in c.models().models)  # nothing tampered was loaded
         assert len(c.generate("hi", model="tiny", max_tokens=2).token_ids) >= 1  # the base keeps serving
     record({"refused": {k: v[:300] for k, v in refused.items()}})

@@ -63,9 +63,20 @@ def running(cfg):
         thread.join(10)
 
 
+def admin_tokens(directory: Path) -> tuple[Path, str]:
+    """A tokens file with one admin token (made as `enclave serve token create --role admin` makes it)."""
+    from serve.auth import add_token
+
+    path = Path(directory) / "tokens.yaml"
+    return path, add_token(path, "ops", "admin")
+
+
 @pytest.fixture(scope="module")
-def server(serve_repo):
-    with running(serve_config(serve_repo, scheduler__max_batch_size=8)) as s:
+def server(serve_repo, tmp_path_factory):
+    """The shared test server: loopback, an admin token (the Admin service needs one), reflection on."""
+    path, token = admin_tokens(tmp_path_factory.mktemp("tokens"))
+    with running(serve_config(serve_repo, scheduler__max_batch_size=8, reflection=True, auth__tokens_file=str(path))) as s:
+        s.token = token
         yield s
 
 
@@ -73,5 +84,5 @@ def server(serve_repo):
 def client(server):
     from enclave.client import Client
 
-    with Client(f"127.0.0.1:{server.port}", timeout=60) as c:
+    with Client(f"127.0.0.1:{server.port}", timeout=60, token=server.token) as c:
         yield c

@@ -10,7 +10,7 @@ from enclave.cli import main
 
 
 def test_client_commands(server, capsys):
-    target = ["--target", f"127.0.0.1:{server.port}"]
+    target = ["--target", f"127.0.0.1:{server.port}", "--token", server.token]
     assert main(["client", "health", *target]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
     assert main(["client", "models", *target]) == 0

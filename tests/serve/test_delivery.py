@@ -40,7 +40,7 @@ def test_events_queued_behind_a_slow_reader_go_out_as_one():
         gate = SimpleNamespace(enter=lambda c: None, leave=lambda c: None)
         call.svc = SimpleNamespace(gate=gate, metrics=Metrics())
         call.served = SimpleNamespace(engine=SimpleNamespace(submit=lambda j: None, cancel=lambda j: None), name="m")
-        call.job, call.caller, call.finish, call.last_token = job, None, None, None
+        call.job, call.caller, call.finish, call.last_token, call.entered = job, None, None, None, False
         for i, text in enumerate("abc"):
             job.queue.put_nowait(Event([i], text))
         job.queue.put_nowait(Event([3], "d", finish="length"))

@@ -32,9 +32,9 @@ def test_invalid_fields_are_named(client, kwargs, field):
 
 def test_invalid_inputs(client):
     stub = client.inference
-    assert _code(lambda: stub.Generate(pb.GenerateRequest()))[1].startswith("input")
-    assert _code(lambda: stub.Generate(pb.GenerateRequest(prompt="")))[1].startswith("prompt: empty")
-    code, details = _code(lambda: stub.Generate(pb.GenerateRequest(chat=pb.Chat())))
+    assert _code(lambda: stub.Generate(pb.GenerateRequest(), metadata=client.metadata))[1].startswith("input")
+    assert _code(lambda: stub.Generate(pb.GenerateRequest(prompt=""), metadata=client.metadata))[1].startswith("prompt: empty")
+    code, details = _code(lambda: stub.Generate(pb.GenerateRequest(chat=pb.Chat()), metadata=client.metadata))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat.messages")
     code, details = _code(lambda: client.generate([{"role": "robot", "content": "x"}]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat.messages[0].role")

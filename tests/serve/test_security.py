@@ -13,29 +13,40 @@ import pytest
 from enclave.client import Client
 from tests.serve.conftest import running, serve_config, status_of as _code
 
-ADMIN, READER, ONNX_ONLY = "admin-token-0123456789", "reader-token-0123456789", "onnx-only-token-0123456789"
-
 
 
 @pytest.fixture(scope="module")
-def secured(serve_repo, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("auth")
-    tokens = tmp / "tokens.yaml"
-    tokens.write_text(f"- {{name: ops, token: {ADMIN}, admin: true}}\n- {{name: ehr, token: {READER}}}\n"
-                      f"- {{name: lab, token: {ONNX_ONLY}, models: [tiny-onnx]}}\n")  # fmt: skip
-    cfg = serve_config(serve_repo, auth__tokens_file=str(tokens), audit_log=str(tmp / "audit.jsonl"))
+def tokens(tmp_path_factory):
+    """A tokens file made as an operator makes one: three tokens, printed once, stored as hashes."""
+    from serve.auth import add_token
+
+    path = tmp_path_factory.mktemp("auth") / "tokens.yaml"
+    made = {"admin": add_token(path, "ops", "admin"), "reader": add_token(path, "ehr", "reader"),
+            "onnx_only": add_token(path, "lab", "reader", ["tiny-onnx"])}  # fmt: skip
+    return path, made
+
+
+@pytest.fixture(scope="module")
+def secured(serve_repo, tokens, tmp_path_factory):
+    path, made = tokens
+    audit = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    cfg = serve_config(serve_repo, auth__tokens_file=str(path), audit_log=str(audit))
     with running(cfg) as server:
-        yield server, tmp / "audit.jsonl"
+        yield server, audit, made
 
 
-def test_tokens_roles_and_audit(secured, caplog):
-    server, audit = secured
+def test_tokens_roles_and_audit(secured, tokens, caplog):
+    server, audit, made = secured
+    ADMIN, READER, ONNX_ONLY = made["admin"], made["reader"], made["onnx_only"]
+    stored = tokens[0].read_text()
+    assert all(t not in stored for t in made.values()) and stored.count("sha256:") == 3  # hashes only, at rest
+    assert tokens[0].stat().st_mode & 0o077 == 0
     target = f"127.0.0.1:{server.port}"
     with Client(target) as anonymous:
         assert anonymous.health() == "SERVING"  # probes need no token
         code, details = _code(lambda: anonymous.generate("hi", max_tokens=2))
         assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in details
-    with Client(target, token="wrong-token-0123456789") as wrong:
+    with Client(target, token="enclave_" + "x" * 43) as wrong:
         assert _code(lambda: wrong.models())[0] == grpc.StatusCode.UNAUTHENTICATED
     with Client(target, token=ONNX_ONLY) as lab:
         assert [m.name for m in lab.models().models] == ["tiny-onnx"]
@@ -63,35 +74,12 @@ def test_tokens_roles_and_audit(secured, caplog):
 
 
 def _certs(tmp):
-    """A CA, a server certificate for localhost, and a client certificate, all signed by the CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A CA, a server certificate for localhost and a client certificate, as `enclave serve cert create` makes them."""
+    from serve.certs import create_certificates
 
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def cert(subject, key, issuer, issuer_key, ca=False, san=None):
-        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1)).add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
-        if san:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    def write(stem, c, key):
-        (tmp / f"{stem}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        (tmp / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))  # fmt: skip
-
-    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = cert("enclave test CA", ca_key, "enclave test CA", ca_key, ca=True)
-    write("ca", ca, ca_key)
-    write("server", cert("localhost", server_key, "enclave test CA", ca_key, san="localhost"), server_key)
-    write("client", cert("ehr-gateway", client_key, "enclave test CA", ca_key), client_key)
+    issued = create_certificates(tmp, ["localhost", "127.0.0.1"], client="ehr-gateway")
+    assert issued.key.stat().st_mode & 0o777 == 0o600 and issued.client_key.stat().st_mode & 0o777 == 0o600
+    (tmp / "client.pem").write_bytes(issued.client_cert.read_bytes())
     return tmp
 
 
@@ -120,12 +108,16 @@ def test_tls_and_mutual_tls(serve_repo, tmp_path):
 
 def test_tls_settings_errors(serve_repo, tmp_path):
     from enclave.errors import EnclaveError
-    from serve.server import credentials
+    from serve.tls import ReloadingCredentials
 
     with pytest.raises(EnclaveError, match="cert and key go together"):
-        credentials(serve_config(serve_repo, tls__cert="x.pem"))
+        ReloadingCredentials(serve_config(serve_repo, tls__cert="x.pem"))
     with pytest.raises(EnclaveError, match="tls.cert: cannot read"):
-        credentials(serve_config(serve_repo, tls__cert=str(tmp_path / "missing.pem"), tls__key=str(tmp_path / "k")))
+        ReloadingCredentials(serve_config(serve_repo, tls__cert=str(tmp_path / "missing.pem"), tls__key=str(tmp_path / "k")))
+    a, b = _certs(tmp_path / "a"), _certs(tmp_path / "b")
+    with pytest.raises(EnclaveError, match="tls.key: does not belong to tls.cert") as e:
+        ReloadingCredentials(serve_config(serve_repo, tls__cert=str(a / "server.pem"), tls__key=str(b / "server.key")))
+    assert "PRIVATE KEY" not in str(e.value)
 
 
 def test_tokens_file_errors(tmp_path):
@@ -133,10 +125,10 @@ def test_tokens_file_errors(tmp_path):
     from serve.auth import Tokens
 
     bad = tmp_path / "t.yaml"
-    bad.write_text("- {name: a, token: short}\n- {name: b, token: long-enough-token-123, role: admin}\n")
+    bad.write_text("- {name: a, sha256: abc, role: reader}\n- {name: b, sha256: " + "a" * 64 + ", role: root}\n")
     with pytest.raises(ConfigError) as e:
         Tokens(bad)
-    assert "0.token" in str(e.value) and "1.role: unknown key" in str(e.value)
+    assert "[0].sha256" in str(e.value) and "[1].role" in str(e.value) and "abc" not in str(e.value)
     bad.write_text("token: x\n")
     with pytest.raises(ConfigError, match="expected a list"):
         Tokens(bad)
