@@ -252,16 +252,26 @@ class AdminService(rpc.AdminServicer):
     def __init__(self, models: Models, gate: Gate, audit: Audit) -> None:
         self.models, self.gate, self.audit = models, gate, audit
 
+    def _admin(self, context, rpc_name: str) -> Caller:
+        """The caller, if it holds an admin token; a refusal is audited (without the names the caller sent)."""
+        caller = None
+        try:
+            caller = self.gate.caller(context)
+            caller.check_admin()
+            return caller
+        except ServeError as exc:
+            trusted = caller is not None and caller.authenticated
+            self.gate.audit_refusal(self.audit, trusted, admin=rpc_name, token=caller.id if caller is not None else "", status=exc.code.name)
+            raise
+
     async def LoadAdapter(self, request, context):
-        caller = self.gate.caller(context)
-        caller.check_admin()
+        caller = self._admin(context, "LoadAdapter")
         digest, seconds = await self.models.load_adapter(request.model, request.adapter)
         self.audit.record(admin="LoadAdapter", token=caller.id, model=request.model or self.models.default, adapter=request.adapter, digest=digest)
         return pb.LoadAdapterResponse(adapter=pb.AdapterInfo(name=request.adapter, digest=digest), load_seconds=seconds)
 
     async def UnloadAdapter(self, request, context):
-        caller = self.gate.caller(context)
-        caller.check_admin()
+        caller = self._admin(context, "UnloadAdapter")
         await self.models.unload_adapter(request.model, request.adapter)
         self.audit.record(admin="UnloadAdapter", token=caller.id, model=request.model or self.models.default, adapter=request.adapter)
         return pb.UnloadAdapterResponse()

@@ -70,7 +70,9 @@ def test_tokens_roles_and_audit(secured, tokens, caplog):
     assert {"time", "prompt_tokens", "latency_seconds", "adapter", "version"} <= set(line)
     assert "Zoltan" not in audit.read_text()
     assert any(x.get("status") == "UNAUTHENTICATED" for x in lines)  # refused calls are audited too
-    assert any(x.get("admin") == "LoadAdapter" for x in lines)
+    assert any(x.get("admin") == "LoadAdapter" and x.get("status") is None for x in lines)
+    denied = [x for x in lines if x.get("admin") == "LoadAdapter" and x.get("status") == "PERMISSION_DENIED"]
+    assert len(denied) == 1 and denied[0]["token"].startswith("sha256:")  # a reader's attempt at an admin rpc is on record
 
 
 def _certs(tmp):
