@@ -102,6 +102,18 @@ def _offline(monkeypatch):
 VLLM_PYTHON = os.environ.get("ENCLAVE_VLLM_PYTHON")
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags the kernel grants this machine (the machine kind changes between sessions)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+AVX512 = "avx512f" in cpu_flags()
+
+
 FACTS = [
     ("bid", "twice a day"), ("tid", "three times a day"), ("qid", "four times a day"), ("prn", "as needed"),
     ("po", "by mouth"), ("npo", "nothing by mouth"), ("stat", "immediately"), ("qhs", "at bedtime"),

