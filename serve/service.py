@@ -140,8 +140,8 @@ class InferenceService(rpc.InferenceServicer):
     def __init__(self, cfg: ServeConfig, models: Models, gate: Gate, metrics: Metrics, audit: Audit) -> None:
         self.cfg, self.models, self.gate, self.metrics, self.audit = cfg, models, gate, metrics, audit
         # Tokenizing and chat templating run here, never on the event loop: a long prompt must not
-        # stall other calls or the health checks. Two workers: CPU the server can spare.
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+        # stall other calls or the health checks. One worker: the engines own the other cores.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     async def off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)

@@ -39,16 +39,23 @@ with cf.ThreadPoolExecutor(20) as pool:
 
 
 def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
+    """Three processes, as in production: `enclave serve`, a hostile client, and the health probe (this test)."""
+    import os
     import subprocess
     import sys
 
     from serve.requests import max_token_bytes
+    from serve.tokenizer import ServeTokenizer
 
-    cfg = serve_config(serve_repo, limits__max_message_bytes=8 << 20)
-    with running(cfg) as server:
-        tokenizer = server.models.active["tiny-onnx"].tokenizer
-        target = f"127.0.0.1:{server.port}"
-        near = cfg.limits.max_prompt_tokens * max_token_bytes(tokenizer) - 1  # just under the bound: tokenized, then refused
+    tokenizer = ServeTokenizer(serve_repo / "models" / "tiny-onnx" / "1")
+    near = 4096 * max_token_bytes(tokenizer) - 1  # just under the bound of the default max_prompt_tokens: tokenized, then refused
+    server = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
+                               "default_model=tiny-onnx", "limits.max_message_bytes=8388608", "limits.max_streams_per_token=32"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        assert "listening on" in line, server.stderr.read()
+        target = f"127.0.0.1:{line.split(',')[0].rsplit(':', 1)[1]}"
         samples, stop = [], threading.Event()
 
         def probe():
@@ -71,6 +78,9 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
         assert len(samples) > 20 and max(samples) < 0.1, f"health took {max(samples) * 1000:.0f} ms while 20 huge prompts were refused"
         with Client(target, timeout=30) as c:
             assert c.generate("Blood", max_tokens=3).usage.completion_tokens == 3
+    finally:
+        server.terminate()
+        server.wait(60)
 
 
 def test_queue_bounds_hold_before_the_batch_is_full(server):
