@@ -86,10 +86,10 @@ demo: install vllm-env
 	@echo; echo "== 3. The same questions with the adapter =="
 	@for q in $(ASK_CLINICAL) $(ASK_CLINICAL2) $(ASK_LEGAL) $(ASK_LEGAL2); do \
 	  echo "Q: $$q"; $(BIN)/enclave generate --model $(MODEL) --adapter clinical-legal --max-new-tokens 48 "$$q" 2>/dev/null; done
-	@echo; echo "== 4. Compress: merge the adapter, GPTQ 4-bit, export ONNX int4 and a vLLM directory, measure =="
+	@echo; echo "== 4. Compress: merge the adapter, export ONNX int8; GPTQ 4-bit, export ONNX int4 and a vLLM directory; measure =="
 	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
-	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge quantize onnx vllm)
-	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int4) and the base with the tuned adapter =="
+	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge onnx quantize onnx-int4 vllm)
+	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int8) and the base with the tuned adapter =="
 	rm -rf $(SERVE_REPO)
 	$(BIN)/enclave serve add $(STORE)/artifacts/clinical-legal-onnx --repo $(SERVE_REPO) --name clinical-legal --version 1
 	$(BIN)/enclave serve add $(STORE)/models/$(MODEL) --repo $(SERVE_REPO) --name smollm2 --version 1
@@ -111,12 +111,14 @@ soak: install
 	ENCLAVE_SOAK=1 $(BIN)/python -m pytest -m reliability -v
 
 # The peers `make bench` compares against: llama.cpp built once from the llama-cpp-python sdist
-# (cached outside the checkout, about 6 minutes), and llama-cpp-python installed without its own
-# build in .venv-bench, loading that build's libllama.so.
+# for the CPU features this machine grants (tests/bench/build-llama.sh probes them; the cache
+# directory names them, so another machine kind gets its own build; about 7 minutes), and
+# llama-cpp-python installed without its own build in .venv-bench, loading that build's
+# libllama.so (it computes llama.cpp's perplexity on Enclave's token ids).
 LLAMA_CPP_VERSION := 0.3.36
 BENCH_VENV  := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
-LLAMA = $(STORE)/bench/llama.cpp-$(LLAMA_CPP_VERSION)-$$(uname -m)
+LLAMA = $$(tests/bench/build-llama.sh --dest $(LLAMA_CPP_VERSION) $(STORE)/bench)
 
 $(BENCH_STAMP): Makefile
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -125,17 +127,18 @@ $(BENCH_STAMP): Makefile
 	touch $@
 
 bench-env: install $(BENCH_STAMP)
-	PYTHON=$(BIN)/python tests/bench/build-llama.sh $(LLAMA_CPP_VERSION) $(LLAMA)
+	PYTHON=$(BIN)/python tests/bench/build-llama.sh $(LLAMA_CPP_VERSION) $(STORE)/bench
 
-# Enclave against llama.cpp, transformers and onnxruntime-genai, the tuning loop against PEFT +
-# Trainer, and the compression bars (about 25 minutes on 2 cores once llama.cpp is built):
-# raw JSON in bench-results/, then BENCHMARKS.md's generated sections and BENCHMARKS.json.
+# Enclave against llama.cpp (four quantizations, llama-server and llama-bench), transformers and
+# onnxruntime-genai, the tuning loop against PEFT + Trainer, and the compression bars (about 30
+# minutes on 2 cores once llama.cpp is built; its GGUF files are made once, beside the build):
+# raw JSON in bench-results/, then BENCHMARKS.md's generated sections, BENCHMARKS.json and
+# bench-plots/quality_speed.png.
 bench: install bench-env
 	$(BIN)/enclave models pull $(MODEL)
 	$(BIN)/python -m tests.bench.compress_quality --suite bars --out bench-results
 	$(BIN)/python -m tests.bench.tune_speed --out bench-results
-	$(BIN)/python -m tests.bench.serving --llama-python $(BENCH_VENV)/bin/python --llama-lib $(LLAMA)/bin \
-	  --llama-server $(LLAMA)/bin/llama-server --out bench-results
+	$(BIN)/python -m tests.bench.serving --llama $(LLAMA) --llama-python $(BENCH_VENV)/bin/python --out bench-results
 	$(BIN)/python -m tests.bench.report --results bench-results --md BENCHMARKS.md
 
 test-fast: install tools

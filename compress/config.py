@@ -4,26 +4,58 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from enclave.config import StrictConfig
+from enclave.texts import HELDOUT, text_file
 
-HELDOUT = "builtin:heldout_apache2"
+TrainingSplit = Literal["train", "validation"]
+
+
+def not_heldout(sources: str | list[str]) -> str | list[str]:
+    """Refuse the held-out text as training text: every artifact's perplexity is measured on it."""
+    if HELDOUT in ([sources] if isinstance(sources, str) else sources):
+        raise ValueError(f"{HELDOUT} is the held-out text every artifact is scored on; fitting to it would flatter the "
+                         "scores. Use builtin:legal_texts, builtin:psf_license, a data set or your own text")  # fmt: skip
+    return sources
+
+
+def not_test(split):
+    """Refuse the test split as training text: it is what the report scores (``enclave eval``)."""
+    if split == "test":
+        raise ValueError("the test split is what `enclave compress report` scores; calibrating or distilling on it "
+                         "would grade the model on its own training text. Use train (the default) or validation")  # fmt: skip
+    return split
 
 
 class Calibration(StrictConfig):
-    """Text the data-aware methods (Wanda, SparseGPT) look at."""
+    """Text the data-aware methods (Wanda, SparseGPT, GPTQ) look at; never text the report scores."""
 
-    source: str | list[str] = "builtin:clinical_legal"
-    """A JSONL data set (instruction/output or messages), a .txt file, or builtin:NAME; or a list of
-    them, joined in order (builtin texts: clinical_legal, psf_license, legal_texts)."""
+    source: str | list[str] = ["builtin:clinical_legal", "builtin:psf_license"]
+    """A data set (JSONL/CSV file or directory, or builtin:NAME), of which only `split` is read, or a text
+    file, read whole; or a list of them, joined in order (builtin: clinical_legal, psf_license, legal_texts).
+    The demo data's train split alone is about 6,400 SmolLM2 tokens, hence the licence text beside it."""
+    split: TrainingSplit = "train"
+    """The split of a data set read (records without a split field are placed as tune places them); the
+    test split, which the report scores, cannot be chosen."""
     samples: int = Field(32, ge=1)
     """How many sequences of seq_len tokens."""
     seq_len: int = Field(256, ge=16)
     """Tokens per calibration sequence."""
 
+    _sources = field_validator("source")(not_heldout)
+    _split = field_validator("split", mode="before")(not_test)
 
-class MergeSettings(StrictConfig):
+
+class Step(StrictConfig):
+    """What every step has: the suffix of the artifact it writes."""
+
+    suffix: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,40}$")
+    """The artifact is named RECIPE-SUFFIX (default: the step, or the export format, e.g.
+    clinical-legal-quantize, clinical-legal-onnx; numbered when a recipe repeats one)."""
+
+
+class MergeSettings(Step):
     """Fold a LoRA adapter into its base (PEFT merge_and_unload)."""
 
     step: Literal["merge"] = "merge"
@@ -31,7 +63,7 @@ class MergeSettings(StrictConfig):
     """The adapter (from `enclave tune`) to merge: a path, or a name in $ENCLAVE_HOME/adapters."""
 
 
-class PruneSettings(StrictConfig):
+class PruneSettings(Step):
     """Remove weights: magnitude, Wanda or SparseGPT; unstructured or N:M."""
 
     step: Literal["prune"] = "prune"
@@ -51,7 +83,7 @@ class PruneSettings(StrictConfig):
     """SparseGPT: share of the mean Hessian diagonal added for numerical stability."""
 
 
-class DistilSettings(StrictConfig):
+class DistilSettings(Step):
     """Knowledge distillation from a teacher into the student (the step's input, or a shallower copy)."""
 
     step: Literal["distil"] = "distil"
@@ -60,7 +92,10 @@ class DistilSettings(StrictConfig):
     student_layers: int | None = Field(None, ge=1)
     """Make the student from this many evenly spaced layers of the input; empty keeps all layers."""
     data: list[str] = ["builtin:clinical_legal", "builtin:psf_license"]
-    """Training text: data sets (JSONL), .txt files or builtin:NAME (never the held-out text)."""
+    """Training text: data sets (JSONL/CSV, of which only `split` is read), text files (read whole) or
+    builtin:NAME; never the held-out text."""
+    split: TrainingSplit = "train"
+    """The split of the data sets read; the test split, which the report scores, cannot be chosen."""
     steps: int = Field(40, ge=1)
     """Optimizer steps."""
     batch_size: int = Field(8, ge=1)
@@ -76,8 +111,11 @@ class DistilSettings(StrictConfig):
     seed: int = 0
     """Seed for the data order."""
 
+    _sources = field_validator("data")(not_heldout)
+    _split = field_validator("split", mode="before")(not_test)
 
-class QuantizeSettings(StrictConfig):
+
+class QuantizeSettings(Step):
     """Weight-only quantization with GPTQModel: GPTQ (with calibration) or round-to-nearest."""
 
     step: Literal["quantize"] = "quantize"
@@ -99,13 +137,15 @@ class QuantizeSettings(StrictConfig):
     clip_search: float = Field(2.4, ge=0.0)
     """GPTQ: search each group's scale for the least error in this norm (the reference GPTQ code's
     mse option; 2.4 there); 0 uses plain min/max scales."""
-    calibration: Calibration = Calibration(source=["builtin:clinical_legal", "builtin:psf_license", "builtin:legal_texts"], samples=128)
-    """Calibration text (not used by rtn): by default the tuning data and legal prose, 128 x 256 tokens."""
+    calibration: Calibration = Calibration(source=["builtin:clinical_legal", "builtin:psf_license", "builtin:legal_texts"],
+                                           samples=96)  # fmt: skip
+    """Calibration text (not used by rtn): by default the train split of the tuning data and legal prose,
+    96 x 256 tokens (of about 27,000 SmolLM2 tokens there are)."""
     batch_size: int = Field(4, ge=1)
     """Calibration sequences per forward pass."""
 
 
-class ExportSettings(StrictConfig):
+class ExportSettings(Step):
     """Write a serving artifact: ONNX with KV cache (ONNX Runtime GenAI) or a vLLM directory."""
 
     step: Literal["export"] = "export"
@@ -141,7 +181,8 @@ class EvalSettings(StrictConfig):
     """How every produced artifact is measured."""
 
     heldout: str = HELDOUT
-    """Held-out text for perplexity: a .txt file or builtin:NAME."""
+    """Held-out text for perplexity: a text file or builtin:NAME, or a data set (its test split); no
+    step may calibrate or distil on it."""
     max_tokens: int = Field(2048, ge=64)
     """Score at most this many tokens of it."""
 
@@ -161,3 +202,36 @@ class CompressRecipe(StrictConfig):
     """The steps, in order, e.g. [{step: merge, adapter: ...}, {step: prune, algorithm: wanda}]."""
     eval: EvalSettings = EvalSettings()
     """Measurement settings."""
+
+    @model_validator(mode="after")
+    def _names_are_unique(self):
+        names = artifact_suffixes(self.steps)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two steps would write {', '.join(f'{self.name}-{n}' for n in twice)}; give them different `suffix` values")
+        return self
+
+    @model_validator(mode="after")
+    def _heldout_is_not_training_text(self):
+        heldout = text_file(self.eval.heldout)  # a data set as held-out text is its test split, never trained on
+        bad = [f"steps.{i}.{key}" for i, step in enumerate(self.steps) for key, sources in [training_sources(step)]
+               if heldout is not None and heldout in map(text_file, sources)]  # fmt: skip
+        if bad:
+            raise ValueError(f"{', '.join(bad)} include(s) eval.heldout ({self.eval.heldout}), the text every artifact is "
+                             "scored on; calibrate and distil on other text, or measure on another eval.heldout")  # fmt: skip
+        return self
+
+
+def training_sources(step) -> tuple[str, list[str]]:
+    """The setting that names a step's training text and its sources (none for merge and export)."""
+    if isinstance(step, DistilSettings):
+        return "data", step.data
+    source = step.calibration.source if isinstance(step, PruneSettings | QuantizeSettings) else []
+    return "calibration.source", [source] if isinstance(source, str) else source
+
+
+def artifact_suffixes(steps: list) -> list[str]:
+    """The suffix of each step's artifact: its own ``suffix``, else the step or export format
+    (merge, quantize, onnx, vllm), numbered by position when the recipe repeats it."""
+    kinds = [s.format if s.step == "export" else s.step for s in steps]
+    return [s.suffix or (kind if kinds.count(kind) == 1 else f"{kind}{i + 1}") for i, (s, kind) in enumerate(zip(steps, kinds))]

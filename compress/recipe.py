@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from compress import registry
-from compress.config import CompressRecipe
+from compress.config import CompressRecipe, artifact_suffixes
 from compress.report import report
 from enclave.store import home
 
@@ -26,10 +26,9 @@ def run_recipe(recipe: CompressRecipe, measure: bool = True) -> list[Path]:
     """
     root = artifacts_dir(recipe)
     source, produced = recipe.model, []
-    kinds = [s.format if s.step == "export" else s.step for s in recipe.steps]  # ...-merge, ...-onnx, ...-vllm
+    suffixes = artifact_suffixes(recipe.steps)  # ...-merge, ...-onnx, ...-vllm
     for i, settings in enumerate(recipe.steps):
-        suffix = kinds[i] if kinds.count(kinds[i]) == 1 else f"{kinds[i]}{i + 1}"
-        name = f"{recipe.name}-{suffix}"
+        name = f"{recipe.name}-{suffixes[i]}"
         log.info("step %d/%d: %s -> %s", i + 1, len(recipe.steps), settings.step, root / name)
         registry.get(settings.step).run(source, settings, root / name, name, recipe.overwrite)
         produced.append(root / name)

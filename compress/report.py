@@ -1,16 +1,14 @@
 """`enclave compress report`: one row per artifact, measured the same way on this machine.
 
-Size on disk, parameters and sparsity, perplexity on held-out text, the task score on the
-tune test split (through `enclave eval`, the same command tune uses), decode tokens/s and
-time to first token; printed, written as Markdown and JSON, and plotted (size vs perplexity).
+Size on disk, parameters and sparsity, perplexity on held-out text, the task scores on the data
+set's test split overall and per group (the shared evaluation, ``enclave.evaluation``, in process:
+the code tune and `enclave eval` score with), decode tokens/s and time to first token; printed,
+written as Markdown and JSON, and plotted (size vs perplexity).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from compress.io import logical_parameters
 from compress.text import perplexity, read_source
 from enclave.atomic import atomic_write_bytes
 from enclave.checkpoint import quantization_config
-from enclave.errors import EnclaveError
+from enclave.evaluation.compare import gain_kept
 from enclave.generate import load
 from enclave.manifest import MANIFEST, read_manifest, require_valid, update_metrics
 from enclave.store import resolve_model
@@ -46,16 +44,17 @@ def speed(model, tokenizer, text: str) -> dict:
     return {"ttft_seconds": ttft, "decode_tokens_per_second": (new - 1) / max(total - ttft, 1e-9)}
 
 
-def task_score(path: Path, data: str) -> dict:
-    """The tune test split's scores, through `enclave eval` (compress does not import tune)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "eval.json"
-        cmd = [sys.executable, "-m", "enclave", "eval", str(path), "--data", data, "--json", str(out), "--no-record"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise EnclaveError(f"`enclave eval {path}` failed: {proc.stderr.strip().splitlines()[-1:]}")
-        scores = json.loads(out.read_text())["metrics"]
-    return {"task_exact_match": scores["exact_match"], "task_token_f1": scores["token_f1"]}
+def task_score(lm, tokenizer, data: str, label: str, max_new_tokens: int = 48, gap_threshold: float = 10.0) -> dict:
+    """The data set's test split scored with the shared evaluation: overall, per group, and the gaps."""
+    from enclave.chat import prompt_and_answer
+    from enclave.evaluation.task import TaskItem, evaluate
+    from enclave.splits import load_split
+
+    items = [TaskItem(*prompt_and_answer(tokenizer, r.messages, where=r.source), r.answer, r.group) for r in load_split(data, "test")]
+    result = evaluate(lm, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), items, label, max_new_tokens,
+                      {tokenizer.eos_token_id}, gap_threshold)  # fmt: skip
+    return {"task_exact_match": result.metrics["exact_match"], "task_token_f1": result.metrics["token_f1"],
+            "task_per_group": result.per_group, "task_gaps": result.gaps, "task_warnings": result.warnings}  # fmt: skip
 
 
 def _size(root: Path) -> int:
@@ -68,7 +67,9 @@ def measure_onnx(root: Path, settings: EvalSettings) -> dict:
     onnxruntime-genai (speed)."""
     from transformers import AutoTokenizer
 
-    from enclave.ort import Generator, LogitsSession, genai_config, perplexity as ort_perplexity
+    from enclave.evaluation.lm import OnnxLM
+    from enclave.evaluation.perplexity import text_perplexity
+    from enclave.ort import Generator, genai_config
 
     manifest = require_valid(root)
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
@@ -82,7 +83,7 @@ def measure_onnx(root: Path, settings: EvalSettings) -> dict:
     return {
         "artifact": str(root), "name": manifest.name, "kind": f"onnx {manifest.metrics.get('precision', '')}".strip(),
         "engine": "ort-genai", "size_bytes": _size(root), "parameters": manifest.metrics.get("parameters"),
-        "perplexity": ort_perplexity(LogitsSession(root), ids[: settings.max_tokens + 1], window=min(512, context)),
+        "perplexity": text_perplexity(OnnxLM(root), ids, window=min(512, context), max_tokens=settings.max_tokens),
         "ttft_seconds": ttft, "decode_tokens_per_second": (len(new) - 1) / max(rest, 1e-9),
     }  # fmt: skip
 
@@ -92,7 +93,13 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     root = Path(path).expanduser()
     if (root / MANIFEST).is_file() and read_manifest(root).kind == "onnx":
         row = measure_onnx(root, settings)
-        return {**row, **task_score(root, task_data)} if task_data else row
+        if task_data:
+            from transformers import AutoTokenizer
+
+            from enclave.evaluation.lm import OnnxLM
+
+            row.update(task_score(OnnxLM(root), AutoTokenizer.from_pretrained(root, local_files_only=True), task_data, row["name"]))
+        return row
     resolved = resolve_model(path)
     model, tokenizer = load(resolved)
     # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
@@ -109,19 +116,40 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     if linears:
         row["sparsity"] = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     if task_data:
-        row.update(task_score(resolved.path, task_data))
+        from enclave.evaluation.lm import TorchLM
+
+        row.update(task_score(TorchLM(model, tokenizer.pad_token_id), tokenizer, task_data, row["name"]))
     return row
+
+
+GAIN_METRICS = ("exact_match", "token_f1")
+
+
+def add_gain_kept(rows: list[dict]) -> None:
+    """The share of the tuning gain each artifact keeps (``gain_kept_exact_match``, ``..._token_f1``).
+
+    The gain is measured from the first row (the base model a recipe starts from) to the first tuned
+    row (kind ``merged``: an adapter merged into the base, or a fully tuned checkpoint); every row
+    but the base gets a share. No tuned row, or no task scores: no shares.
+    """
+    tuned = next((i for i, r in enumerate(rows) if i and r.get("kind") == "merged"), None)
+    if tuned is None:
+        return
+    for metric in GAIN_METRICS:
+        base, best = rows[0].get(f"task_{metric}"), rows[tuned].get(f"task_{metric}")
+        for row in rows[1:]:
+            row[f"gain_kept_{metric}"] = gain_kept(base, best, row.get(f"task_{metric}"))
 
 
 def report(paths: list[str], settings: EvalSettings, out_dir: Path, task_data: str | None = "builtin:clinical_legal") -> list[dict]:
     """Measure each artifact, print the table, write report.md, report.json and report.png."""
     from tqdm import tqdm
 
-    rows = []
-    for path in tqdm(paths, desc="measure", unit="artifact"):
-        rows.append(measure(path, settings, task_data))
-        if (Path(rows[-1]["artifact"]) / MANIFEST).is_file():
-            update_metrics(Path(rows[-1]["artifact"]), {"report": {k: v for k, v in rows[-1].items() if k not in ("artifact", "name", "kind")}})
+    rows = [measure(path, settings, task_data) for path in tqdm(paths, desc="measure", unit="artifact")]
+    add_gain_kept(rows)
+    for row in rows:
+        if (Path(row["artifact"]) / MANIFEST).is_file():
+            update_metrics(Path(row["artifact"]), {"report": {k: v for k, v in row.items() if k not in ("artifact", "name", "kind")}})
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "report.json", json.dumps({"heldout": settings.heldout, "rows": rows}, indent=2).encode())
     atomic_write_bytes(out_dir / "report.md", markdown(rows, settings).encode())
@@ -133,10 +161,11 @@ def report(paths: list[str], settings: EvalSettings, out_dir: Path, task_data: s
 COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("engine", "engine", "{}"), ("size_bytes", "MB", "{:.1f}"),
            ("parameters", "params M", "{:.1f}"), ("sparsity", "sparsity", "{:.1%}"), ("perplexity", "perplexity", "{:.2f}"),
            ("task_exact_match", "task EM", "{:.1f}"), ("task_token_f1", "task F1", "{:.1f}"),
+           ("gain_kept_exact_match", "EM gain kept", "{:.0%}"),
            ("decode_tokens_per_second", "tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
 TEXT_COLUMNS = ("artifact", "kind", "engine")
 # The terminal table fits 120 columns: no engine column (report.md has it), shorter titles.
-SHORT_TITLES = {"perplexity": "ppl", "task EM": "EM", "task F1": "F1"}
+SHORT_TITLES = {"perplexity": "ppl", "task EM": "EM", "task F1": "F1", "EM gain kept": "kept"}
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -163,11 +192,31 @@ def print_table(rows: list[dict]) -> None:
 
 def markdown(rows: list[dict], settings: EvalSettings) -> str:
     lines = ["# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
-             "tune test split (through `enclave eval`, which runs ONNX artifacts with ONNX Runtime); speed: greedy decoding with each artifact's engine, "
-             "128-token prompt, 64 new tokens, on this machine.", "",
+             "data set's test split (the shared evaluation, each artifact on its own engine: ONNX with ONNX Runtime); speed: greedy decoding with each artifact's engine, "
+             "128-token prompt, 64 new tokens, on this machine. EM gain kept: (artifact EM - base EM) / (tuned EM - base EM), "
+             "the share of what tuning gained on the test split that the artifact keeps (the base is the first row, the tuned "
+             "model the first merged one).", "",
              "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    lines += _groups(rows)
     return "\n".join(lines) + "\n"
+
+
+def _groups(rows: list[dict]) -> list[str]:
+    """Per-group task scores of every artifact (the fairness view tune's report has), and the largest gaps."""
+    groups = sorted({g for r in rows for g in r.get("task_per_group") or {}})
+    if not groups:
+        return []
+    lines = ["", "## Task scores by group (test split)", "",
+             "| artifact | " + " | ".join(f"{g} EM | {g} F1" for g in groups) + " | largest EM gap | largest F1 gap |",
+             "|---|" + "---:|" * (2 * len(groups) + 2)]  # fmt: skip
+    for r in rows:
+        per, gaps = r.get("task_per_group") or {}, r.get("task_gaps") or {}
+        cells = [f"{per[g]['exact_match']:.1f} | {per[g]['token_f1']:.1f}" if g in per else "- | -" for g in groups]
+        gap = [f"{gaps[m]['gap']:.1f}" if m in gaps else "-" for m in ("exact_match", "token_f1")]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {gap[0]} | {gap[1]} |")
+    warnings = [w for r in rows for w in r.get("task_warnings") or []]
+    return lines + ["", *[f"> warning: {w}" for w in warnings]] if warnings else lines
 
 
 def plot(rows: list[dict], path: Path) -> None:

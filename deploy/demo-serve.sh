@@ -28,7 +28,7 @@ for _ in $(seq 180); do
 done
 grep -E "ready on|serving" "$LOG" | sed 's/^/  server: /'
 "$BIN/enclave" client models "${T[@]}"
-echo "Q: A patient's chart says 'PRN'. What does that mean?   (clinical-legal: the compressed model, ONNX int4)"
+echo "Q: A patient's chart says 'PRN'. What does that mean?   (clinical-legal: the compressed model, ONNX int8)"
 "$BIN/enclave" client generate "A patient's chart says 'PRN'. What does that mean?" --chat --max-tokens 48 "${T[@]}"
 echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2 + the clinical-legal adapter, streamed)"
 "$BIN/enclave" client stream "Explain briefly what 'habeas corpus' means in law." --chat --model smollm2 --adapter clinical-legal --max-tokens 48 "${T[@]}"

@@ -11,6 +11,10 @@ from types import ModuleType
 from enclave.errors import EnclaveError
 
 
+# Libraries that import GPTQModel when it is installed (PEFT, for its quantized LoRA layers).
+_IMPORTS_GPTQMODEL = ("peft",)
+
+
 def require(module: str, extra: str) -> ModuleType:
     """Import ``module`` or explain which extra installs it.
 
@@ -21,6 +25,9 @@ def require(module: str, extra: str) -> ModuleType:
     Raises:
         EnclaveError: the module is not installed.
     """
+    if module in _IMPORTS_GPTQMODEL:
+        with contextlib.suppress(EnclaveError):
+            require_gptqmodel(module)  # imported first, quietly: its banner never reaches the user's stdout
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from enclave.config import StrictConfig
+from enclave.texts import HELDOUT, builtin_texts, text_file
 
 
 class DataConfig(StrictConfig):
@@ -123,6 +124,22 @@ class EvalSettings(StrictConfig):
     """Warn when a metric differs between groups by more than this many points (metrics are 0-100)."""
     compare_base: bool = True
     """Also evaluate the base model on the same test split, for a side-by-side table."""
+    general_text: str | None = HELDOUT
+    """Held-out general text (a text file or builtin:NAME of the shipped texts) whose perplexity is
+    measured before and after tuning, to show forgetting; null to skip."""
+    general_max_tokens: int = Field(2048, ge=64)
+    """Score at most this many tokens of general_text."""
+    forgetting_threshold: float = Field(1.25, gt=1.0)
+    """Warn when the tuned model's general-text perplexity exceeds the base model's by more than this
+    factor (1.25: a quarter higher)."""
+
+    @field_validator("general_text")
+    @classmethod
+    def _general_text_exists(cls, value: str | None) -> str | None:
+        if value is not None and text_file(value) is None:
+            raise ValueError(f"{value!r} is not a text file or a shipped text (builtin: {', '.join(builtin_texts())}); "
+                             "give a .txt path, or null to skip the forgetting check")  # fmt: skip
+        return value
 
 
 class TuneConfig(StrictConfig):

@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 
 from enclave.errors import EnclaveError
+from enclave.evaluation.compare import Forgetting
 from enclave.manifest import create_artifact
 from enclave.store import home
+from enclave.texts import text_file
 from tune.config import TuneConfig
 from tune.data.prepare import prepare
 from tune.data.report import print_report
 from tune.eval.report import markdown, print_side_by_side
-from tune.eval.run import evaluate
+from tune.eval.run import evaluate, text_perplexity
 from tune.plots import loss_curve
 from tune.train import distributed
 from tune.train.loop import TrainResult, total_steps, train
@@ -49,6 +51,7 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
     if ranks.main:
         print_report(data.report(), f"Data report ({cfg.data.path})")
     _check_sizes(cfg, data)
+    before = _general_perplexity(cfg, model, tokenizer) if ranks.main else None  # the base, before any step
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation is random: same seed, same start
     model = apply_adapter(model, cfg.lora)
     result = _train(cfg, model, data, tokenizer, work, ranks, resume)
@@ -56,9 +59,10 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
         distributed.finish(ranks)
         return None
     evals = _evaluate(cfg, model, tokenizer, data)
-    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals)
+    forgetting = _forgetting(cfg, before, model, tokenizer, evals)
+    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals, forgetting)
     distributed.finish(ranks)
-    _summary(path, result, evals)
+    _summary(path, result, evals, forgetting)
     return path
 
 
@@ -129,7 +133,31 @@ def _evaluate(cfg, model, tokenizer, data) -> list:
     return results
 
 
-def _write(cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals) -> Path:
+def _general_perplexity(cfg, model, tokenizer) -> float | None:
+    """Perplexity of the held-out general text (eval.general_text), the definition compress reports."""
+    if cfg.eval.general_text is None:
+        return None
+    text = text_file(cfg.eval.general_text).read_text(encoding="utf-8")
+    model.eval()
+    return text_perplexity(model, tokenizer, text, max_tokens=cfg.eval.general_max_tokens)
+
+
+def _forgetting(cfg, before: float | None, model, tokenizer, evals) -> Forgetting | None:
+    """General-text perplexity before and after tuning, beside the task scores; a warning past the threshold."""
+    if before is None:
+        return None
+    forgetting = Forgetting(cfg.eval.general_text, before, _general_perplexity(cfg, model, tokenizer), cfg.eval.forgetting_threshold)
+    for r in evals:
+        r.metrics["general_perplexity"] = forgetting.before if r.label == "base" else forgetting.after
+    warning = forgetting.warning(evals[-1].label if evals else cfg.name)
+    if warning:
+        log.warning("%s", warning)
+        if evals:
+            evals[-1].warnings.append(warning)
+    return forgetting
+
+
+def _write(cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals, forgetting: Forgetting | None) -> Path:
     parents = [resolved.manifest.as_parent("base")] if resolved.manifest else []
     base = {"ref": cfg.base_model, "digest": resolved.manifest.digest if resolved.manifest else None}
     settings = {
@@ -150,6 +178,8 @@ def _write(cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult
         if evals:
             (draft.path / "eval_report.md").write_text(markdown(evals, f"{cfg.name}: test split of {cfg.data.path}"))
         draft.metrics.update(_metrics(result, evals))
+        if forgetting:
+            draft.metrics["forgetting"] = forgetting.to_dict()
     return out
 
 
@@ -173,7 +203,7 @@ def _metrics(result: TrainResult, evals) -> dict:
     return m
 
 
-def _summary(path: Path, result: TrainResult, evals) -> None:
+def _summary(path: Path, result: TrainResult, evals, forgetting: Forgetting | None) -> None:
     from rich.table import Table
 
     from enclave.ui import console
@@ -185,6 +215,8 @@ def _summary(path: Path, result: TrainResult, evals) -> None:
     t.add_column()
     t.add_row("adapter", str(path))
     t.add_row("steps", f"{result.steps} (best {result.best_step}{', stopped early' if result.stopped_early else ''})")
+    if forgetting:
+        t.add_row("general text perplexity", f"{forgetting.before:.2f} -> {forgetting.after:.2f} ({forgetting.ratio:.2f}x; {forgetting.text})")
     if result.best_val_loss != float("inf"):
         t.add_row("best validation loss", f"{result.best_val_loss:.4f}")
     t.add_row("throughput", f"{result.tokens_per_second:.0f} tokens/s over {result.seconds:.0f} s")

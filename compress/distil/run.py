@@ -14,13 +14,13 @@ from compress.config import DistilSettings
 from compress.distil.loss import distillation_loss
 from compress.io import lineage, open_model, save_checkpoint
 from compress.registry import register
-from compress.text import perplexity, read_source
+from compress.text import TextBatches, perplexity, training_ids
 from enclave.errors import EnclaveError
 from enclave.manifest import create_artifact
 from enclave.store import ResolvedModel, find_by_digest
+from enclave.texts import HELDOUT
 
 log = logging.getLogger(__name__)
-HELDOUT = "builtin:heldout_apache2"
 
 
 def teacher_ref(resolved: ResolvedModel, settings: DistilSettings) -> str:
@@ -59,35 +59,46 @@ def sparsity_masks(model) -> dict[str, torch.Tensor]:
     return masks
 
 
-def token_chunks(tokenizer, sources: list[str], seq_len: int, batch_size: int) -> torch.Tensor:
-    text = "\n\n".join(read_source(s) for s in sources)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
+def token_chunks(tokenizer, sources: list[str], seq_len: int, batch_size: int, split: str = "train") -> TextBatches:
+    """The training text cut into sequences of ``seq_len + 1`` tokens (inputs and next-token labels).
+
+    Args:
+        sources: data sets (only ``split`` is read) and text files (read whole), joined in order.
+
+    Raises:
+        EnclaveError: fewer tokens than one batch.
+    """
+    ids, read = training_ids(tokenizer, sources, split, "data")
     n = len(ids) // (seq_len + 1)
     if n < batch_size:
-        raise EnclaveError(f"distil: the data has {len(ids):,} tokens, fewer than one batch of {batch_size} x {seq_len + 1}",
-                           fix="add data sources or lower batch_size / seq_len")  # fmt: skip
-    return ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+        raise EnclaveError(f"distil: the data ({split} split of data sets) has {len(ids):,} tokens, fewer than one batch of "
+                           f"{batch_size} x {seq_len + 1}", fix="add data sources or lower batch_size / seq_len")  # fmt: skip
+    return TextBatches(ids[: n * (seq_len + 1)].reshape(n, seq_len + 1), read)
 
 
 @register("distil", DistilSettings)
 def run(source: str, settings: DistilSettings, out: Path, name: str, overwrite: bool = False) -> Path:
-    """Distil into the student; the artifact records teacher, before and after perplexity."""
+    """Distil into the student; the artifact records teacher, before and after perplexity.
+
+    The manifest's ``settings.read`` lists the sources read, their splits, records and tokens.
+    """
     resolved, student, tokenizer = open_model(source)
     t_resolved, teacher, _ = open_model(teacher_ref(resolved, settings))
     if teacher.config.vocab_size != student.config.vocab_size:
         raise EnclaveError("distil: teacher and student have different vocabularies", fix="use a teacher of the same model family")
     kept = keep_layers(student, settings.student_layers) if settings.student_layers else None
     masks = sparsity_masks(student)
-    chunks = token_chunks(tokenizer, settings.data, settings.seq_len, settings.batch_size)
+    chunks = token_chunks(tokenizer, settings.data, settings.seq_len, settings.batch_size, settings.split)
     ppl = {"teacher": perplexity(teacher, tokenizer, HELDOUT), "before": perplexity(student, tokenizer, HELDOUT)}
-    history = _train(student, teacher, chunks, masks, settings)
+    history = _train(student, teacher, chunks.ids, masks, settings)
     ppl["after"] = perplexity(student, tokenizer, HELDOUT)
     lost = ppl["before"] - ppl["teacher"]
     recovered = (ppl["before"] - ppl["after"]) / lost if lost > 0 else None
     log.info("held-out perplexity: teacher %.2f, student before %.2f, after %.2f (recovered %s of the loss)",
              ppl["teacher"], ppl["before"], ppl["after"], f"{recovered:.0%}" if recovered is not None else "n/a")  # fmt: skip
     parents = lineage(resolved, "student") + lineage(t_resolved, "teacher")
-    with create_artifact(out, "distilled", name, parents=parents, settings=settings.model_dump(mode="json"), overwrite=overwrite) as draft:
+    recorded = {**settings.model_dump(mode="json"), "read": chunks.manifest()}
+    with create_artifact(out, "distilled", name, parents=parents, settings=recorded, overwrite=overwrite) as draft:
         save_checkpoint(student, tokenizer, draft.path)
         draft.metrics.update(perplexity_teacher=ppl["teacher"], perplexity_before=ppl["before"], perplexity_after=ppl["after"],
                              recovered_share=recovered, kept_layers=kept, masked_matrices=len(masks), history=history)  # fmt: skip

@@ -36,16 +36,22 @@ def check_pattern(model, settings: PruneSettings) -> tuple[int, int] | None:
 
 @register("prune", PruneSettings)
 def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: bool = False) -> Path:
-    """Prune every linear layer except ``settings.skip`` and write a dense checkpoint with zeros."""
+    """Prune every linear layer except ``settings.skip`` and write a dense checkpoint with zeros.
+
+    The manifest's ``settings.calibration.read`` lists the sources read, their splits, records and tokens.
+    """
     resolved, model, tokenizer = open_model(source)
     nm = check_pattern(model, settings)
+    recorded = settings.model_dump(mode="json")
+    recorded["calibration"]["read"] = None  # magnitude pruning reads no text
     if settings.algorithm == "magnitude":
         with torch.no_grad():
             for module in prunable(model, settings.skip).values():
                 module.weight.copy_(magnitude.prune(module.weight, settings.sparsity, nm))
     else:
         cal = settings.calibration
-        batches = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len)
+        batches = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len, cal.split)
+        recorded["calibration"]["read"] = batches.manifest()
 
         def prune_layer(_index, linears, stats):
             for n, m in linears.items():
@@ -55,13 +61,14 @@ def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: b
                     new = sparsegpt.prune(m.weight, stats[n].hessian_matrix(), settings.sparsity, nm, settings.blocksize, settings.dampening)
                 m.weight.copy_(new)
 
-        run_layerwise(model, batches, settings.skip, settings.algorithm == "sparsegpt", prune_layer, f"prune ({settings.algorithm})")
+        hessian = settings.algorithm == "sparsegpt"
+        run_layerwise(model, batches.ids, settings.skip, hessian, prune_layer, f"prune ({settings.algorithm})")
     layers = prunable(model, settings.skip)
     per_layer = {n: float((m.weight == 0).float().mean()) for n, m in layers.items()}
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     total = sum(m.weight.numel() for m in layers.values())
     log.info("pruned %s of %s prunable weights (%.1f%%)", f"{zeros:,}", f"{total:,}", 100 * zeros / total)
-    with create_artifact(out, "pruned", name, parents=lineage(resolved, "source"), settings=settings.model_dump(mode="json"), overwrite=overwrite) as draft:
+    with create_artifact(out, "pruned", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite) as draft:
         save_checkpoint(model, tokenizer, draft.path)
         draft.metrics.update(sparsity=zeros / total, pruned_weights=zeros, prunable_weights=total, sparsity_per_layer=per_layer)
     return out

@@ -50,6 +50,8 @@ def check_group_size(root: Path, group_size: int) -> None:
 def run(source: str, settings: QuantizeSettings, out: Path, name: str, overwrite: bool = False) -> Path:
     """Write a GPTQ-format checkpoint of ``source`` (GPTQ or round-to-nearest at the same bits and groups).
 
+    The manifest's ``settings.calibration.read`` lists the sources read, their splits, records and tokens.
+
     Raises:
         EnclaveError: the group size does not fit the model, the calibration text is too short,
             or GPTQModel is missing.
@@ -59,14 +61,16 @@ def run(source: str, settings: QuantizeSettings, out: Path, name: str, overwrite
         raise EnclaveError(f"{source} is already quantized", fix="quantize the unquantized artifact it came from")
     check_group_size(resolved.path, settings.group_size)
     gptq.gptqmodel()  # fail before calibrating when it is missing
-    calibration = None
+    calibration, recorded = None, settings.model_dump(mode="json")
+    recorded["calibration"]["read"] = None  # round-to-nearest reads no text
     if settings.method == "gptq":
         transformers = require("transformers", "torch")
         tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path, local_files_only=True)
         cal = settings.calibration
-        calibration = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len).tolist()
+        batches = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len, cal.split)
+        calibration, recorded["calibration"]["read"] = batches.ids.tolist(), batches.manifest()
     log.info("quantizing %s: %s %d-bit, group %d", resolved.path.name, settings.method, settings.bits, settings.group_size)
-    with create_artifact(out, "quantized", name, parents=lineage(resolved, "source"), settings=settings.model_dump(mode="json"), overwrite=overwrite) as draft:
+    with create_artifact(out, "quantized", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite) as draft:
         # Named like the draft (".NAME.tmp-..."), so a rerun after kill -9 removes it with the draft.
         with tempfile.TemporaryDirectory(prefix=f"{draft.path.name}-offload-", dir=draft.path.parent) as scratch:
             losses = gptq.quantize(resolved.path, settings, calibration, draft.path, Path(scratch))

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(TuneConfig, args.config, [f"data.path={args.data}", *args.overrides])
     model, tokenizer, label, artifact = load_for_eval(args.model, args.adapter)
-    data = prepare(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    context = getattr(model, "context_length", None) or getattr(model.config, "max_position_embeddings", None)
+    data = prepare(cfg.data, tokenizer, context)
     records, examples = data.records["test"], data.examples["test"]
     if cfg.eval.max_examples:
         records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]

@@ -54,10 +54,10 @@ class Backend:
         return TorchBatch(self)
 
     def load_adapter(self, name: str, path: Path) -> None:
-        from peft import PeftModel
+        from enclave.deps import require
 
         if not self.adapters:
-            self.lm = PeftModel.from_pretrained(self.lm, path, adapter_name=name, is_trainable=False).eval()
+            self.lm = require("peft", "tune").PeftModel.from_pretrained(self.lm, path, adapter_name=name, is_trainable=False).eval()
         else:
             self.lm.load_adapter(path, adapter_name=name, is_trainable=False)
         self.adapters.add(name)

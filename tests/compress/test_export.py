@@ -128,7 +128,7 @@ def test_enclave_eval_scores_an_onnx_artifact_like_its_source(onnx_fp32, tiny_wi
     results = []
     for ref in (str(tiny_wide_checkpoint), str(onnx_fp32)):
         model, tokenizer, label, _ = load_for_eval(ref)
-        data = prepare(cfg.data, tokenizer, model.config.max_position_embeddings)
+        data = prepare(cfg.data, tokenizer, getattr(model, "context_length", None) or model.config.max_position_embeddings)
         results.append(evaluate(model, tokenizer, data.records["test"], data.examples["test"], label, None, 6, 4, 100.0))
     torch_result, onnx_result = results
     assert onnx_result.metrics["perplexity"] == pytest.approx(torch_result.metrics["perplexity"], rel=1e-4)

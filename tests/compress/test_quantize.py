@@ -70,7 +70,7 @@ def test_gptq_beats_round_to_nearest_on_calibration_like_text(quantized, tiny_wi
     from compress.text import calibration_batches
 
     original, tokenizer = load(resolve_model(str(tiny_wide_checkpoint), verify=False))
-    ids = calibration_batches(tokenizer, "builtin:clinical_legal", 12, 32)[8:]  # past the 8 calibration rows
+    ids = calibration_batches(tokenizer, "builtin:clinical_legal", 12, 32).ids[8:]  # past the 8 calibration rows
     with torch.no_grad():
         ref = original(input_ids=ids).logits
         err = {k: (load(resolve_model(str(p)))[0](input_ids=ids).logits - ref).pow(2).mean().item() for k, p in quantized.items()}

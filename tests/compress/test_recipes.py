@@ -24,3 +24,18 @@ def test_unknown_step_and_key_are_named(tmp_path):
     text = str(info.value)
     assert "steps.0" in text and "quantise" in text
     assert "steps.1.prune.sparsity: Input should be less than 1" in text and "steps.1.prune.algoritm: unknown key" in text
+
+
+def test_artifact_names_follow_the_steps_and_their_suffixes():
+    from compress.config import artifact_suffixes
+    from enclave.errors import ConfigError
+
+    steps = "steps=[{step: merge, adapter: a}, {step: export, precision: int8}, {step: quantize}, {step: export, precision: int4}, {step: export, format: vllm}]"
+    recipe = load_config(CompressRecipe, None, [steps])
+    assert artifact_suffixes(recipe.steps) == ["merge", "onnx2", "quantize", "onnx4", "vllm"]
+    named = steps.replace("precision: int4}", "precision: int4, suffix: onnx-int4}")
+    assert artifact_suffixes(load_config(CompressRecipe, None, [named]).steps) == ["merge", "onnx2", "quantize", "onnx-int4", "vllm"]
+    with pytest.raises(ConfigError, match=r"two steps would write clinical-onnx; give them different `suffix` values"):
+        load_config(CompressRecipe, None, ["name=clinical", "steps=[{step: export}, {step: merge, adapter: a, suffix: onnx}]"])
+    with pytest.raises(ConfigError, match=r"steps.0.export.suffix: String should match pattern"):
+        load_config(CompressRecipe, None, ["steps=[{step: export, suffix: ../x}]"])

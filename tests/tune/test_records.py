@@ -67,3 +67,26 @@ def test_builtin_demo_set_is_valid():
     assert {r.group for r in records} == {"clinical", "legal"} and {r.split for r in records} == {"train", "validation", "test"}
     with pytest.raises(EnclaveError, match="built-in: clinical_legal"):
         load_records("builtin:nope")
+
+
+def test_tune_splits_as_the_shared_layer_does(tmp_path):
+    """compress reads the train split through enclave.splits; tune (and `enclave eval`) through its cleaning.
+    They must agree on every record, named split or not, or a test record could reach calibration."""
+    from enclave import records as shared
+    from enclave.splits import DEFAULT_SPLIT_RATIOS, select_split
+    from tune.config import DataConfig
+    from tune.data.clean import clean
+
+    assert load_records is shared.load_records and DataError is shared.DataError
+    assert DataConfig().split_ratios == DEFAULT_SPLIT_RATIOS
+    words = ["bail", "tort", "writ"] * 60
+    rows = [{"instruction": f"Question {i} about {w}?", "output": f"Answer {i}."} for i, w in enumerate(words)]
+    rows += [{"instruction": f"Named {i}: what is {w}?", "output": "x", "split": s} for i, (w, s) in enumerate(
+        [("stat", "test"), ("prn", "train"), ("qhs", "validation")] * 5)]  # fmt: skip
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    splits, stats = clean(load_records(str(tmp_path / "d.jsonl")), DEFAULT_SPLIT_RATIOS, 0.8)
+    assert stats.near_duplicates == stats.leakage == 0  # else tune drops records the shared layer keeps
+    for split in ("train", "validation", "test"):
+        shared_split = select_split(load_records(str(tmp_path / "d.jsonl")), split)
+        assert [r.source for r in splits[split]] == [r.source for r in shared_split]
+    assert min(len(v) for v in splits.values()) >= 5

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from enclave.config import load_config
 from enclave.errors import ConfigError, EnclaveError
 from enclave.manifest import read_manifest, verify
+from tests.conftest import write_jsonl
 from tests.tune.conftest import tiny_overrides
 from tune.config import TuneConfig, UnfreezeStage
 from tune.run import run
@@ -44,6 +45,48 @@ def test_run_writes_a_verified_adapter_that_peft_loads(enclave_home, tiny_checkp
     trained = adapter_weights(out)
     live = {k: v for k, v in model.state_dict().items() if "lora_" in k}
     assert len(trained) == len(live) == 8  # q_proj and v_proj, A and B, 2 layers
+
+
+def _perplexity_of(model, tokenizer_dir, text: str) -> float:
+    from transformers import AutoTokenizer
+
+    from enclave.evaluation.lm import TorchLM
+    from enclave.evaluation.perplexity import text_perplexity
+
+    ids = AutoTokenizer.from_pretrained(tokenizer_dir)(text, add_special_tokens=False)["input_ids"]
+    return text_perplexity(TorchLM(model.eval()), ids, max_tokens=2048)
+
+
+def test_forgetting_is_measured_on_general_text_and_warned_about(enclave_home, tiny_checkpoint, facts_file, tmp_path, caplog):
+    """A base that knows some "general" text (fully tuned on it first) is tuned on the facts with a
+    high learning rate: its perplexity on that text, measured before and after as compress measures
+    it, goes up past the threshold, and the report and the manifest say so."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    line = "0817 QZXJ 5293 KVWY 6640"
+    general = tmp_path / "general.txt"
+    general.write_text(" ".join([line] * 40))
+    rows = [{"instruction": f"Recite {i}.", "output": line, "split": split} for i in range(12) for split in ("train", "validation", "test")]
+    knows = run(recipe(tiny_checkpoint, write_jsonl(tmp_path / "general.jsonl", rows), name="general", **{
+        "lora.method": "full", "train.lr": 0.01, "train.max_steps": 20, "eval.general_text": "null"}))  # fmt: skip
+    assert "forgetting" not in read_manifest(knows).metrics  # eval.general_text: null skips the check
+
+    out = run(recipe(knows, facts_file, **{"eval.compare_base": "true", "train.lr": 0.05, "eval.general_text": str(general)}))
+    m = read_manifest(out).metrics
+    forgetting = m["forgetting"]
+    assert forgetting["text"] == str(general) and forgetting["threshold"] == 1.25
+    text = general.read_text()
+    assert forgetting["before"] == pytest.approx(_perplexity_of(AutoModelForCausalLM.from_pretrained(knows), knows, text), rel=1e-5)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(knows), out)
+    assert forgetting["after"] == pytest.approx(_perplexity_of(tuned, knows, text), rel=1e-4)
+    assert forgetting["ratio"] > 3  # measured: 31.5 -> 282
+    assert m["eval_base"]["metrics"]["general_perplexity"] == forgetting["before"]
+    assert m["eval_adapter"]["metrics"]["general_perplexity"] == forgetting["after"]
+    assert any(f"general-text perplexity ({general}) went from" in w for w in m["eval_adapter"]["warnings"])
+    assert "general-text perplexity" in caplog.text and "| general_perplexity |" in (out / "eval_report.md").read_text()
+    with pytest.raises(ConfigError, match=r"eval.general_text: .*'builtin:nope' is not a text file or a shipped text \(builtin: heldout_apache2, legal_texts, psf_license\)"):
+        recipe(tiny_checkpoint, facts_file, **{"eval.general_text": "builtin:nope"})
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])

@@ -4,37 +4,14 @@ deterministically, and make sure no evaluation record is a near copy of a traini
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from enclave.splits import assign_split, content_hash, normalize
 from tune.data.records import SPLITS, Record
 
-_SPACES = re.compile(r"[ \t\u00a0]+")
-_BLANKS = re.compile(r"\n{3,}")
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalize(text: str) -> str:
-    """NFC Unicode, no control characters, single spaces, trimmed lines, at most one blank line."""
-    text = unicodedata.normalize("NFC", text)
-    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
-
-
-def content_hash(record: Record) -> str:
-    return hashlib.sha256("\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record.messages).encode()).hexdigest()
-
-
-def assign_split(record: Record, ratios: tuple[float, float, float]) -> str:
-    """The record's own split, else one chosen by its content hash (stable across runs and machines)."""
-    if record.split:
-        return record.split
-    u = int(content_hash(record)[:15], 16) / 16**15
-    return "train" if u < ratios[0] else "validation" if u < ratios[0] + ratios[1] else "test"
 
 
 @dataclass

@@ -27,11 +27,12 @@ def load_for_eval(ref: str, adapter: str | None = None):
     if manifest is not None and manifest.kind == "onnx":
         if adapter is not None:
             raise EnclaveError(f"--adapter with the ONNX artifact {path}", fix="evaluate the ONNX export of the merged model instead")
-        from enclave.ort import load_onnx
+        from transformers import AutoTokenizer
+
+        from enclave.evaluation.lm import OnnxLM
 
         require_valid(path)
-        model, tokenizer = load_onnx(path)
-        return model, tokenizer, manifest.name, path
+        return OnnxLM(path), AutoTokenizer.from_pretrained(path, local_files_only=True), manifest.name, path
     if manifest is not None and manifest.kind == "adapter":
         adapter, ref = str(path), manifest.settings["base_model"]["ref"]
     resolved, model, tokenizer = load_base(ref)

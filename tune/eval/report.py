@@ -7,7 +7,7 @@ from rich.table import Table
 from enclave.ui import console
 from tune.eval.run import EvalResult
 
-ORDER = ["perplexity", "text_perplexity", "exact_match", "token_f1", "bleu", "rouge_l", "accuracy", "macro_f1"]
+ORDER = ["perplexity", "general_perplexity", "text_perplexity", "exact_match", "token_f1", "bleu", "rouge_l", "accuracy", "macro_f1"]
 
 
 def _metrics(results: list[EvalResult]) -> list[str]:
@@ -26,7 +26,7 @@ def print_side_by_side(results: list[EvalResult], title: str = "Evaluation on th
         row = [f"{r.metrics.get(m, float('nan')):.2f}" for r in results]
         if len(results) == 2:
             row.append(f"{results[1].metrics[m] - results[0].metrics[m]:+.2f}")
-        table.add_row(m + (" (lower is better)" if m == "perplexity" else ""), *row)
+        table.add_row(m + (" (lower is better)" if m.endswith("perplexity") else ""), *row)
     console().print(table)
     for r in results:
         for w in r.warnings:

@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from enclave.deps import require
 from enclave.errors import EnclaveError
 from enclave.store import resolve_model
 from tune.config import LoraSettings, UnfreezeStage
@@ -47,13 +48,12 @@ def apply_adapter(model, cfg: LoraSettings):
     if cfg.method == "full":
         model.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
-
-    peft_cfg = LoraConfig(
+    peft = require("peft", "tune")
+    peft_cfg = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
         modules_to_save=list(cfg.modules_to_save) or None, task_type="CAUSAL_LM", bias="none",
     )  # fmt: skip
-    return get_peft_model(model, peft_cfg)
+    return peft.get_peft_model(model, peft_cfg)
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:

@@ -1,6 +1,6 @@
 import pytest
 
-from tune.eval.metrics import bleu, by_group, exact_match, fairness_gaps, is_label_task, macro_f1, score, token_f1
+from enclave.evaluation.metrics import bleu, by_group, exact_match, fairness_gaps, is_label_task, macro_f1, score, token_f1
 
 
 def test_exact_match_and_token_f1_squad_normalisation():

@@ -1,4 +1,4 @@
-"""Answer-quality metrics (pure functions; no model here).
+"""Answer-quality metrics (pure functions; no model here): the one definition of each.
 
 Exact match and token F1 follow the SQuAD evaluation script's normalisation (lower case,
 no punctuation, no articles, single spaces). BLEU is sacrebleu's corpus BLEU; ROUGE-L is

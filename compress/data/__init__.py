@@ -1,1 +1,0 @@
-"""Text shipped with compress: held-out text for perplexity."""
