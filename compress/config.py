@@ -232,6 +232,8 @@ def training_sources(step) -> tuple[str, list[str]]:
 
 def artifact_suffixes(steps: list) -> list[str]:
     """The suffix of each step's artifact: its own ``suffix``, else the step or export format
-    (merge, quantize, onnx, vllm), numbered by position when the recipe repeats it."""
+    (merge, quantize, onnx, vllm), numbered by position when more than one step without a
+    ``suffix`` would take it."""
     kinds = [s.format if s.step == "export" else s.step for s in steps]
-    return [s.suffix or (kind if kinds.count(kind) == 1 else f"{kind}{i + 1}") for i, (s, kind) in enumerate(zip(steps, kinds))]
+    unnamed = [kind for s, kind in zip(steps, kinds) if not s.suffix]
+    return [s.suffix or (kind if unnamed.count(kind) == 1 else f"{kind}{i + 1}") for i, (s, kind) in enumerate(zip(steps, kinds))]

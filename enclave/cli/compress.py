@@ -45,10 +45,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         add_config_flags(p, settings)
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. calibration.samples=32")
         p.set_defaults(func=_step, step=name, settings=settings)
-    p = sub.add_parser("report", help="measure artifacts side by side: size, sparsity, perplexity, task score, speed")
-    p.add_argument("paths", nargs="+", help="artifact directories or model names")
+    p = sub.add_parser("report", help="measure artifacts side by side: size, sparsity, perplexity, task scores and the share of the tuning gain kept, speed",
+                       description="Measure artifacts side by side. The first path is the base model: the share of the tuning gain "
+                                   "each artifact keeps is measured from it to the first merged (tuned) artifact.")  # fmt: skip
+    p.add_argument("paths", nargs="+", help="artifact directories or model names, the base model first")
     p.add_argument("--out", type=Path, default=Path("compress-report"), help="where report.md, report.json and report.png go")
-    p.add_argument("--no-task", action="store_true", help="skip the task score (the tune test split)")
+    p.add_argument("--task", default="builtin:clinical_legal", help="the data set whose test split is scored (default: %(default)s)")
+    p.add_argument("--no-task", action="store_true", help="skip the task scores")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval settings, e.g. heldout=my.txt max_tokens=4096")
     p.set_defaults(func=_report)
 
@@ -78,5 +81,5 @@ def _report(args: argparse.Namespace) -> int:
     from compress.report import report
     from enclave.config import load_config
 
-    report(args.paths, load_config(EvalSettings, None, args.overrides), args.out, None if args.no_task else "builtin:clinical_legal")
+    report(args.paths, load_config(EvalSettings, None, args.overrides), args.out, None if args.no_task else args.task)
     return 0

@@ -25,6 +25,10 @@ class LanguageModel(Protocol):
         """log p(ids[t + 1] | ids[: t + 1]) for t = 0 .. len(ids) - 2, as float64, shape (len(ids) - 1,)."""
         ...
 
+    def token_logprobs_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        """``token_logprobs`` of each sequence (an engine may batch them)."""
+        ...
+
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
         """The greedy continuation of each prompt, up to and without the first end-of-sequence token."""
         ...
@@ -57,9 +61,38 @@ class TorchLM:
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         import torch
 
+        if len(ids) < 2:
+            return np.zeros(0)
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids[:-1]])).logits[0].float().numpy()
+            logits = self.model(input_ids=torch.tensor([ids[:-1]], dtype=torch.long)).logits[0].float().numpy()
         return _logprobs_of(logits, ids[1:])
+
+    def token_logprobs_many(self, seqs: list[list[int]], max_tokens: int = 4096) -> list[np.ndarray]:
+        """Batched with right padding (a row's real tokens never attend to the padding after
+        them), at most ``max_tokens`` padded tokens per forward pass."""
+        import torch
+
+        out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        self.model.eval()
+        i = 0
+        while i < len(order):
+            rows = [order[i]]
+            while i + len(rows) < len(order) and len(seqs[order[i + len(rows)]]) * (len(rows) + 1) <= max_tokens:
+                rows.append(order[i + len(rows)])
+            width = max(len(seqs[r]) for r in rows) - 1
+            ids = torch.full((len(rows), max(width, 1)), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, r in enumerate(rows):
+                ids[j, : len(seqs[r]) - 1] = torch.tensor(seqs[r][:-1], dtype=torch.long)
+                mask[j, : len(seqs[r]) - 1] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+            for j, r in enumerate(rows):
+                n = len(seqs[r]) - 1
+                out[r] = _logprobs_of(logits[j, :n], seqs[r][1:]) if n > 0 else np.zeros(0)
+            i += len(rows)
+        return out
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
         """Batched with left padding (rows' answers do not depend on their batch: fp32, masked)."""
@@ -98,6 +131,9 @@ class OnnxLM:
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
         return _logprobs_of(self.session.logits(ids[:-1]), ids[1:])
 
+    def token_logprobs_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        return [self.token_logprobs(ids) for ids in seqs]
+
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
         if self._generator is None:
             self._generator = self._make_generator()
@@ -131,6 +167,11 @@ class VllmLM:
         out = self.llm.generate([self._prompt(ids)], params, lora_request=self.lora, use_tqdm=False)[0]
         # prompt_logprobs[t] holds the prompt token t's own log-probability (None for the first).
         return np.array([out.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))], dtype=np.float64)
+
+    def token_logprobs_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outs = self.llm.generate([self._prompt(ids) for ids in seqs], params, lora_request=self.lora, use_tqdm=False)
+        return [np.array([o.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))], dtype=np.float64) for o, ids in zip(outs, seqs)]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
         params = self.vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=sorted(eos_ids))

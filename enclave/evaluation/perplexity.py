@@ -57,11 +57,10 @@ def answer_perplexity(lm: LanguageModel, pairs: Sequence[tuple[list[int], list[i
     Returns:
         exp(mean NLL over every answer token); ``nan`` when there is none.
     """
+    pairs = [(list(prompt), list(answer)) for prompt, answer in pairs if answer]
     total, count = 0.0, 0
-    for prompt, answer in pairs:
-        if not answer:
-            continue
-        logprobs = lm.token_logprobs(list(prompt) + list(answer))[len(prompt) - 1 :]
-        total -= float(logprobs.sum())
-        count += len(logprobs)
+    for (prompt, _), logprobs in zip(pairs, lm.token_logprobs_many([prompt + answer for prompt, answer in pairs])):
+        scored = logprobs[len(prompt) - 1 :]
+        total -= float(scored.sum())
+        count += len(scored)
     return math.exp(total / count) if count else float("nan")

@@ -93,3 +93,14 @@ def test_gain_kept_is_the_share_of_tuning_gain():
     assert gain_kept(10.0, 90.0, 10.0) == 0.0 and gain_kept(10.0, 90.0, 95.0) == pytest.approx(85 / 80)
     assert gain_kept(50.0, 40.0, 45.0) is None  # tuning gained nothing: nothing to keep
     assert gain_kept(None, 90.0, 80.0) is None and gain_kept(10.0, 90.0, float("nan")) is None
+
+
+def test_batched_log_probabilities_equal_one_sequence_at_a_time(tiny):
+    """TorchLM batches sequences of different lengths with right padding: each row's figures are
+    the ones it gets alone (the padding after a row never reaches its tokens)."""
+    model, tokenizer = tiny
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    seqs = [ids[:7], ids[3:40], ids[:2], ids[10:25], ids[5:6]]
+    lm = TorchLM(model, tokenizer.pad_token_id)
+    for many, one in zip(lm.token_logprobs_many(seqs, max_tokens=80), map(lm.token_logprobs, seqs)):
+        assert many.shape == one.shape and (one.size == 0 or np.abs(many - one).max() < 1e-5)
