@@ -49,16 +49,6 @@ class LogitsSession:
         return self.session.run(["logits"], feed)[0][0].astype(np.float32)
 
 
-def perplexity(session: LogitsSession, ids: list[int], window: int = 512) -> float:
-    """Held-out perplexity of an ONNX model: the shared definition (``enclave.evaluation.perplexity``)."""
-    from enclave.evaluation.lm import OnnxLM
-    from enclave.evaluation.perplexity import text_perplexity
-
-    lm = OnnxLM.__new__(OnnxLM)
-    lm.session, lm.context_length = session, 1 << 30
-    return text_perplexity(lm, ids, window)
-
-
 def genai():
     """onnxruntime_genai, with its telemetry events off (Enclave sends nothing anywhere)."""
     og = require("onnxruntime_genai", "compress")

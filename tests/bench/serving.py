@@ -127,9 +127,10 @@ def heldout_ids(model: Path) -> list[int]:
 
 
 def onnx_perplexity(root: Path, ids: list[int]) -> float:
-    from enclave.ort import LogitsSession, perplexity
+    from enclave.evaluation.lm import OnnxLM
+    from enclave.evaluation.perplexity import text_perplexity
 
-    return perplexity(LogitsSession(root), ids, window=512)
+    return text_perplexity(OnnxLM(root), ids, window=512)
 
 
 def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:

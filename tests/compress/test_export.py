@@ -8,7 +8,9 @@ import torch
 
 from compress import registry
 from compress.config import Calibration, ExportSettings, QuantizeSettings
-from enclave.ort import LogitsSession, perplexity as ort_perplexity
+from enclave.evaluation.lm import OnnxLM
+from enclave.evaluation.perplexity import text_perplexity
+from enclave.ort import LogitsSession
 from compress.text import perplexity, read_source
 from enclave.errors import EnclaveError
 from enclave.generate import load
@@ -43,7 +45,7 @@ def test_fp32_onnx_passes_the_checker_and_matches_pytorch(onnx_fp32, tiny_wide_c
     assert np.abs(LogitsSession(onnx_fp32).logits(ids) - ref).max() < 1e-4
     heldout = tokenizer(read_source(HELDOUT), add_special_tokens=False)["input_ids"][:101]  # the tiny model's context is 128
     expected = perplexity(model, tokenizer, HELDOUT, max_tokens=100, window=100)
-    assert ort_perplexity(LogitsSession(onnx_fp32), heldout, window=100) == pytest.approx(expected, rel=1e-4)
+    assert text_perplexity(OnnxLM(onnx_fp32), heldout, window=100) == pytest.approx(expected, rel=1e-4)
 
 
 def test_int4_onnx_and_onnx_from_gptq(tmp_path, tiny_wide_checkpoint):
