@@ -62,9 +62,9 @@ def _size(root: Path) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != MANIFEST and "adapters" not in f.relative_to(root).parts)
 
 
-def measure_onnx(root: Path, settings: EvalSettings) -> dict:
+def measure_onnx(root: Path, settings: EvalSettings, task_data: str | None) -> dict:
     """The report's columns for an ONNX artifact, run with onnxruntime (perplexity) and
-    onnxruntime-genai (speed)."""
+    onnxruntime-genai (speed, task answers)."""
     from transformers import AutoTokenizer
 
     from enclave.evaluation.lm import OnnxLM
@@ -80,26 +80,23 @@ def measure_onnx(root: Path, settings: EvalSettings) -> dict:
     prompt = ids[: min(SPEED_PROMPT_TOKENS, context // 2)]
     gen.greedy(prompt, 4, stop_at_eos=False)  # warm-up
     new, ttft, rest = gen.greedy(prompt, min(SPEED_NEW_TOKENS, context // 4), stop_at_eos=False)
-    return {
+    lm = OnnxLM(root)
+    row = {
         "artifact": str(root), "name": manifest.name, "kind": f"onnx {manifest.metrics.get('precision', '')}".strip(),
         "engine": "ort-genai", "size_bytes": _size(root), "parameters": manifest.metrics.get("parameters"),
-        "perplexity": text_perplexity(OnnxLM(root), ids, window=min(512, context), max_tokens=settings.max_tokens),
+        "perplexity": text_perplexity(lm, ids, window=min(512, context), max_tokens=settings.max_tokens),
         "ttft_seconds": ttft, "decode_tokens_per_second": (len(new) - 1) / max(rest, 1e-9),
     }  # fmt: skip
+    if task_data:
+        row.update(task_score(lm, tokenizer, task_data, manifest.name))
+    return row
 
 
 def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     """Every column of the report for one artifact (or plain checkpoint)."""
     root = Path(path).expanduser()
     if (root / MANIFEST).is_file() and read_manifest(root).kind == "onnx":
-        row = measure_onnx(root, settings)
-        if task_data:
-            from transformers import AutoTokenizer
-
-            from enclave.evaluation.lm import OnnxLM
-
-            row.update(task_score(OnnxLM(root), AutoTokenizer.from_pretrained(root, local_files_only=True), task_data, row["name"]))
-        return row
+        return measure_onnx(root, settings, task_data)
     resolved = resolve_model(path)
     model, tokenizer = load(resolved)
     # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
