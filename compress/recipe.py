@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def artifacts_dir(recipe: CompressRecipe) -> Path:
+    """Where the recipe's artifacts go: ``output_dir`` if set, else $ENCLAVE_HOME/artifacts."""
     return Path(recipe.output_dir).expanduser() if recipe.output_dir else home() / "artifacts"
 
 
@@ -23,6 +24,18 @@ def run_recipe(recipe: CompressRecipe, measure: bool = True) -> list[Path]:
 
     Each step reads the artifact of the step before it, except that exports are leaves: a step
     after an export reads what the export read, so one recipe can write ONNX and vLLM artifacts.
+
+    Args:
+        recipe: the validated recipe: starting model, steps, output directory, overwrite, eval settings.
+        measure: after the last step, measure the starting model and every artifact in one report
+            (written to ``NAME-report`` beside the artifacts).
+
+    Returns:
+        The artifact directories, one per step in recipe order (``NAME-SUFFIX`` under ``artifacts_dir``).
+
+    Raises:
+        EnclaveError: from the first step that fails (artifacts of the steps before it stay), or from
+            the report; an unknown step name (the known ones listed).
     """
     root = artifacts_dir(recipe)
     source, produced = recipe.model, []

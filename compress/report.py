@@ -18,9 +18,9 @@ from compress.config import EvalSettings
 from compress.io import logical_parameters
 from compress.text import perplexity, read_source
 from enclave.atomic import atomic_write_bytes
-from enclave.checkpoint import quantization_config
 from enclave.evaluation.compare import gain_kept
-from enclave.generate import load
+from enclave.hf.checkpoint import quantization_config
+from enclave.hf.loader import load
 from enclave.manifest import MANIFEST, read_manifest, require_valid, update_metrics
 from enclave.store import resolve_model
 
@@ -38,7 +38,9 @@ def speed(model, tokenizer, text: str) -> dict:
     model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1, **kw)
     ttft = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=SPEED_NEW_TOKENS, min_new_tokens=SPEED_NEW_TOKENS, **kw)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=SPEED_NEW_TOKENS, min_new_tokens=SPEED_NEW_TOKENS, **kw
+    )
     total = time.perf_counter() - t0
     new = out.size(1) - ids.size(1)
     return {"ttft_seconds": ttft, "decode_tokens_per_second": (new - 1) / max(total - ttft, 1e-9)}
@@ -50,16 +52,35 @@ def task_score(lm, tokenizer, data: str, label: str, max_new_tokens: int = 48, g
     from enclave.evaluation.task import TaskItem, evaluate
     from enclave.splits import load_split
 
-    items = [TaskItem(*prompt_and_answer(tokenizer, r.messages, where=r.source), r.answer, r.group) for r in load_split(data, "test")]
-    result = evaluate(lm, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), items, label, max_new_tokens,
-                      {tokenizer.eos_token_id}, gap_threshold)  # fmt: skip
-    return {"task_exact_match": result.metrics["exact_match"], "task_token_f1": result.metrics["token_f1"],
-            "task_per_group": result.per_group, "task_gaps": result.gaps, "task_warnings": result.warnings}  # fmt: skip
+    items = [
+        TaskItem(*prompt_and_answer(tokenizer, r.messages, where=r.source), r.answer, r.group)
+        for r in load_split(data, "test")
+    ]
+    result = evaluate(
+        lm,
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        items,
+        label,
+        max_new_tokens,
+        {tokenizer.eos_token_id},
+        gap_threshold,
+    )
+    return {
+        "task_exact_match": result.metrics["exact_match"],
+        "task_token_f1": result.metrics["token_f1"],
+        "task_per_group": result.per_group,
+        "task_gaps": result.gaps,
+        "task_warnings": result.warnings,
+    }
 
 
 def _size(root: Path) -> int:
     """Bytes on disk of the model files (adapters shipped beside a vLLM model not counted)."""
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != MANIFEST and "adapters" not in f.relative_to(root).parts)
+    return sum(
+        f.stat().st_size
+        for f in root.rglob("*")
+        if f.is_file() and f.name != MANIFEST and "adapters" not in f.relative_to(root).parts
+    )
 
 
 def measure_onnx(root: Path, settings: EvalSettings, task_data: str | None) -> dict:
@@ -69,7 +90,7 @@ def measure_onnx(root: Path, settings: EvalSettings, task_data: str | None) -> d
 
     from enclave.evaluation.lm import OnnxLM
     from enclave.evaluation.perplexity import text_perplexity
-    from enclave.ort import Generator, genai_config
+    from enclave.onnx_runtime import Generator, genai_config
 
     manifest = require_valid(root)
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
@@ -82,11 +103,16 @@ def measure_onnx(root: Path, settings: EvalSettings, task_data: str | None) -> d
     new, ttft, rest = gen.greedy(prompt, min(SPEED_NEW_TOKENS, context // 4), stop_at_eos=False)
     lm = OnnxLM(root)
     row = {
-        "artifact": str(root), "name": manifest.name, "kind": f"onnx {manifest.metrics.get('precision', '')}".strip(),
-        "engine": "ort-genai", "size_bytes": _size(root), "parameters": manifest.metrics.get("parameters"),
+        "artifact": str(root),
+        "name": manifest.name,
+        "kind": f"onnx {manifest.metrics.get('precision', '')}".strip(),
+        "engine": "ort-genai",
+        "size_bytes": _size(root),
+        "parameters": manifest.metrics.get("parameters"),
         "perplexity": text_perplexity(lm, ids, window=min(512, context), max_tokens=settings.max_tokens),
-        "ttft_seconds": ttft, "decode_tokens_per_second": (len(new) - 1) / max(rest, 1e-9),
-    }  # fmt: skip
+        "ttft_seconds": ttft,
+        "decode_tokens_per_second": (len(new) - 1) / max(rest, 1e-9),
+    }
     if task_data:
         row.update(task_score(lm, tokenizer, task_data, manifest.name))
     return row
@@ -101,15 +127,20 @@ def measure(path: str, settings: EvalSettings, task_data: str | None) -> dict:
     model, tokenizer = load(resolved)
     # Sparsity of the transformer's linear layers (lm_head is tied to the embeddings and never pruned);
     # GPTQ layers hold packed integers, not nn.Linear weights, and are left out.
-    linears = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    linears = [
+        m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    ]
     quantized = bool(quantization_config(resolved.path))
     row = {
-        "artifact": str(resolved.path), "name": resolved.manifest.name if resolved.manifest else resolved.path.name,
-        "kind": resolved.manifest.kind if resolved.manifest else "checkpoint", "engine": "torch" + (" gptqmodel" if quantized else ""),
-        "size_bytes": _size(resolved.path), "parameters": logical_parameters(model),
+        "artifact": str(resolved.path),
+        "name": resolved.manifest.name if resolved.manifest else resolved.path.name,
+        "kind": resolved.manifest.kind if resolved.manifest else "checkpoint",
+        "engine": "torch" + (" gptqmodel" if quantized else ""),
+        "size_bytes": _size(resolved.path),
+        "parameters": logical_parameters(model),
         "perplexity": perplexity(model, tokenizer, settings.heldout, settings.max_tokens),
         **speed(model, tokenizer, read_source(settings.heldout)),
-    }  # fmt: skip
+    }
     if linears:
         row["sparsity"] = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     if task_data:
@@ -138,28 +169,63 @@ def add_gain_kept(rows: list[dict]) -> None:
             row[f"gain_kept_{metric}"] = gain_kept(base, best, row.get(f"task_{metric}"))
 
 
-def report(paths: list[str], settings: EvalSettings, out_dir: Path, task_data: str | None = "builtin:clinical_legal") -> list[dict]:
-    """Measure each artifact, print the table, write report.md, report.json and report.png."""
+def report(
+    paths: list[str], settings: EvalSettings, out_dir: Path, task_data: str | None = "builtin:clinical_legal"
+) -> list[dict]:
+    """Measure each artifact, print the table, write report.md, report.json and report.png.
+
+    Each row is also recorded, under ``report``, in the metrics of the measured artifact's manifest
+    (plain checkpoints without a manifest are measured but not changed).
+
+    Args:
+        paths: the models to measure, in row order: store names, checkpoint paths or artifact paths
+            (ONNX artifacts run with ONNX Runtime, everything else with transformers).
+        settings: the held-out text for perplexity and how many of its tokens to score.
+        out_dir: the folder for the report files (created if missing).
+        task_data: the data set whose test split is scored as the task, or None for no task scores.
+
+    Returns:
+        One dict per path, in order: the report's columns (size, parameters, perplexity, speed, task scores,
+        share of the tuning gain kept) by key.
+
+    Raises:
+        EnclaveError: a path is not found or fails verification, or the held-out text or task data cannot
+            be read.
+    """
     from tqdm import tqdm
 
     rows = [measure(path, settings, task_data) for path in tqdm(paths, desc="measure", unit="artifact")]
     add_gain_kept(rows)
     for row in rows:
         if (Path(row["artifact"]) / MANIFEST).is_file():
-            update_metrics(Path(row["artifact"]), {"report": {k: v for k, v in row.items() if k not in ("artifact", "name", "kind")}})
+            update_metrics(
+                Path(row["artifact"]),
+                {"report": {k: v for k, v in row.items() if k not in ("artifact", "name", "kind")}},
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / "report.json", json.dumps({"heldout": settings.heldout, "rows": rows}, indent=2).encode())
+    atomic_write_bytes(
+        out_dir / "report.json", json.dumps({"heldout": settings.heldout, "rows": rows}, indent=2).encode()
+    )
     atomic_write_bytes(out_dir / "report.md", markdown(rows, settings).encode())
     plot(rows, out_dir / "report.png")
     print_table(rows)
     return rows
 
 
-COLUMNS = [("name", "artifact", "{}"), ("kind", "kind", "{}"), ("engine", "engine", "{}"), ("size_bytes", "MB", "{:.1f}"),
-           ("parameters", "params M", "{:.1f}"), ("sparsity", "sparsity", "{:.1%}"), ("perplexity", "perplexity", "{:.2f}"),
-           ("task_exact_match", "task EM", "{:.1f}"), ("task_token_f1", "task F1", "{:.1f}"),
-           ("gain_kept_exact_match", "EM gain kept", "{:.0%}"),
-           ("decode_tokens_per_second", "tok/s", "{:.1f}"), ("ttft_seconds", "TTFT s", "{:.3f}")]  # fmt: skip
+COLUMNS = [
+    ("name", "artifact", "{}"),
+    ("kind", "kind", "{}"),
+    ("engine", "engine", "{}"),
+    ("size_bytes", "MB", "{:.1f}"),
+    ("parameters", "params M", "{:.1f}"),
+    ("sparsity", "sparsity", "{:.1%}"),
+    ("perplexity", "perplexity", "{:.2f}"),
+    ("task_exact_match", "task EM", "{:.1f}"),
+    ("task_token_f1", "task F1", "{:.1f}"),
+    ("gain_kept_exact_match", "EM gain kept", "{:.0%}"),
+    ("decode_tokens_per_second", "tok/s", "{:.1f}"),
+    ("ttft_seconds", "TTFT s", "{:.3f}"),
+]
 TEXT_COLUMNS = ("artifact", "kind", "engine")
 # The terminal table fits 120 columns: no engine column (report.md has it), shorter titles.
 SHORT_TITLES = {"perplexity": "ppl", "task EM": "EM", "task F1": "F1", "EM gain kept": "kept"}
@@ -173,6 +239,7 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
+    """Print the rows as a table on the console (the Markdown columns without the engine)."""
     from rich.table import Table
 
     from enclave.ui import console
@@ -180,20 +247,35 @@ def print_table(rows: list[dict]) -> None:
     columns = [c for c in COLUMNS if c[0] != "engine"]
     table = Table(title="Compression report (this machine; engines in report.md)")
     for _, title, _ in columns:
-        table.add_column(SHORT_TITLES.get(title, title), justify="left" if title in TEXT_COLUMNS else "right", no_wrap=True,
-                         overflow="ellipsis", min_width=None if title in TEXT_COLUMNS else len(SHORT_TITLES.get(title, title)))  # fmt: skip
+        table.add_column(
+            SHORT_TITLES.get(title, title),
+            justify="left" if title in TEXT_COLUMNS else "right",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=None if title in TEXT_COLUMNS else len(SHORT_TITLES.get(title, title)),
+        )
     for row in rows:
         table.add_row(*[_cell(row, k, f) for k, _, f in columns])
     console().print(table)
 
 
 def markdown(rows: list[dict], settings: EvalSettings) -> str:
-    lines = ["# Compression report", "", f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
-             "data set's test split (the shared evaluation, each artifact on its own engine: ONNX with ONNX Runtime); speed: greedy decoding with each artifact's engine, "
-             "128-token prompt, 64 new tokens, on this machine. EM gain kept: (artifact EM - base EM) / (tuned EM - base EM), "
-             "the share of what tuning gained on the test split that the artifact keeps (the base is the first row, the tuned "
-             "model the first merged one).", "",
-             "| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
+    """The report as Markdown: how it was measured, one table row per artifact, then per-group task scores."""
+    lines = [
+        "# Compression report",
+        "",
+        f"Perplexity on `{settings.heldout}` (first {settings.max_tokens} tokens); task scores on the "
+        "data set's test split (the shared evaluation, each artifact on its own engine: ONNX with ONNX Runtime); "
+        "speed: greedy decoding with each artifact's engine, "
+        "128-token prompt, 64 new tokens, on this machine. "
+        "EM gain kept: (artifact EM - base EM) / (tuned EM - base EM), "
+        "the share of what tuning gained on the test split that the artifact keeps "
+        "(the base is the first row, the tuned "
+        "model the first merged one).",
+        "",
+        "| " + " | ".join(t for _, t, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
     lines += _groups(rows)
     return "\n".join(lines) + "\n"
@@ -204,9 +286,13 @@ def _groups(rows: list[dict]) -> list[str]:
     groups = sorted({g for r in rows for g in r.get("task_per_group") or {}})
     if not groups:
         return []
-    lines = ["", "## Task scores by group (test split)", "",
-             "| artifact | " + " | ".join(f"{g} EM | {g} F1" for g in groups) + " | largest EM gap | largest F1 gap |",
-             "|---|" + "---:|" * (2 * len(groups) + 2)]  # fmt: skip
+    lines = [
+        "",
+        "## Task scores by group (test split)",
+        "",
+        "| artifact | " + " | ".join(f"{g} EM | {g} F1" for g in groups) + " | largest EM gap | largest F1 gap |",
+        "|---|" + "---:|" * (2 * len(groups) + 2),
+    ]
     for r in rows:
         per, gaps = r.get("task_per_group") or {}, r.get("task_gaps") or {}
         cells = [f"{per[g]['exact_match']:.1f} | {per[g]['token_f1']:.1f}" if g in per else "- | -" for g in groups]
@@ -217,6 +303,7 @@ def _groups(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Plot size on disk against held-out perplexity, one labelled point per row, and save it to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,7 +312,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r in rows:
         ax.scatter(r["size_bytes"] / 1e6, r["perplexity"])
-        ax.annotate(r["name"], (r["size_bytes"] / 1e6, r["perplexity"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            r["name"], (r["size_bytes"] / 1e6, r["perplexity"]), textcoords="offset points", xytext=(5, 5), fontsize=8
+        )
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("held-out perplexity (lower is better)")
     ax.set_title("Compression trade-off")

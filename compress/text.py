@@ -8,7 +8,7 @@ A source is one of two kinds:
   split of it. Calibration and distillation read the train split; held-out reading, its test split.
 - a text file (.txt or any other file, or builtin:NAME of the shipped texts, ``enclave.texts``): read whole. It has no
   test split, so it is either training text or evaluation text, never both: the held-out text is
-  refused as a calibration or distillation source (``compress.config``), and any paragraph or record
+  refused as a calibration or distillation source (``compress.settings``), and any paragraph or record
   of training text that shares 13 consecutive words with it is left out (the 13-gram overlap test
   of Brown et al. 2020, "Language Models are Few-Shot Learners", appendix C).
 """
@@ -61,8 +61,10 @@ class TextBatches:
 def _records(source: str, split: str, setting: str) -> list[Record]:
     name = source.split(":", 1)[1] if source.startswith("builtin:") else None
     if name is not None and name not in builtin_datasets():
-        raise EnclaveError(f"{setting}: no built-in text or data set {name!r}",
-                           fix=f"data sets: {', '.join(builtin_datasets())}; texts: {', '.join(builtin_texts())}; or a path")  # fmt: skip
+        raise EnclaveError(
+            f"{setting}: no built-in text or data set {name!r}",
+            fix=f"data sets: {', '.join(builtin_datasets())}; texts: {', '.join(builtin_texts())}; or a path",
+        )
     return load_split(source, split, setting=setting)
 
 
@@ -107,14 +109,20 @@ def training_text(source: str, split: str, setting: str) -> tuple[str, SourceRea
     if split == "test":
         raise ValueError("training text never comes from the test split")
     path = text_file(source)
-    units = _PARAGRAPH.split(path.read_text(encoding="utf-8")) if path else [r.text for r in _records(source, split, setting)]
+    units = (
+        _PARAGRAPH.split(path.read_text(encoding="utf-8"))
+        if path
+        else [r.text for r in _records(source, split, setting)]
+    )
     heldout = _heldout_grams()
     kept = [u for u in units if heldout.isdisjoint(_grams(u))]
     text = ("\n\n" if path else "\n").join(kept)
     return text, SourceRead(source, None if path else split, None if path else len(kept), len(units) - len(kept))
 
 
-def training_ids(tokenizer, sources: str | list[str], split: str, setting: str) -> tuple[torch.Tensor, list[SourceRead]]:
+def training_ids(
+    tokenizer, sources: str | list[str], split: str, setting: str
+) -> tuple[torch.Tensor, list[SourceRead]]:
     """Token ids of every source's training text, in order, and what each gave (tokens included).
 
     Raises:
@@ -130,7 +138,9 @@ def training_ids(tokenizer, sources: str | list[str], split: str, setting: str) 
     return torch.cat(parts), read
 
 
-def calibration_batches(tokenizer, source: str | list[str], samples: int, seq_len: int, split: str = "train") -> TextBatches:
+def calibration_batches(
+    tokenizer, source: str | list[str], samples: int, seq_len: int, split: str = "train"
+) -> TextBatches:
     """``samples`` sequences of ``seq_len`` consecutive tokens of training text, ids shape (samples, seq_len).
 
     Args:

@@ -35,7 +35,10 @@ def line_hash(line: bytes) -> str:
 
 
 def parse_line(line: bytes) -> dict | None:
-    """The JSON object of a chained audit line, or None if it is not one (unparseable, no int ``seq`` or str ``prev``)."""
+    """The JSON object of a chained audit line, or None if it is not one.
+
+    Not one: unparseable, or no int ``seq`` or str ``prev``.
+    """
     try:
         entry = json.loads(line)
     except ValueError:
@@ -94,6 +97,7 @@ class ChainReport:
 
     @property
     def ok(self) -> bool:
+        """True when ``verify_chain`` found no problem in the chain."""
         return self.problem is None
 
     @property
@@ -159,8 +163,14 @@ def _span(first: int, last: int) -> str:
     return f"seq {first}" if first == last else f"seq {first}-{last}"
 
 
-def _check(line: _Line, entry: dict | None, following: _Line | None, previous: _Line | None, prev_entry: dict,
-           oldest_rotated: bool) -> Problem | None:  # fmt: skip
+def _check(
+    line: _Line,
+    entry: dict | None,
+    following: _Line | None,
+    previous: _Line | None,
+    prev_entry: dict,
+    oldest_rotated: bool,
+) -> Problem | None:
     """The problem with ``line`` given the line before it (None: it is the first), or None."""
     here = lambda reason: Problem(line.file, line.number, reason)  # noqa: E731
     if entry is None:
@@ -168,8 +178,10 @@ def _check(line: _Line, entry: dict | None, following: _Line | None, previous: _
             return here("the last line is cut short (no newline, not a complete JSON line): the file was truncated")
         after = parse_line(following.raw) if following is not None else None
         if after is not None and after.get("event") == RESUMED:
-            return here(f"not a complete audit line: a write torn by a crash, or an edit (the server restarted and "
-                        f"recorded it at {following.file.name}:{following.number}, seq {after['seq']})")  # fmt: skip
+            return here(
+                f"not a complete audit line: a write torn by a crash, or an edit (the server restarted and "
+                f"recorded it at {following.file.name}:{following.number}, seq {after['seq']})"
+            )
         return here("not an audit line (not JSON with seq and prev): edited, or a torn write")
     seq = entry["seq"]
     if previous is None:
@@ -191,10 +203,18 @@ def _check(line: _Line, entry: dict | None, following: _Line | None, previous: _
     # after `line` still links to `line`), or `line` was forged or its prev changed (then it does not).
     after = parse_line(following.raw) if following is not None else None
     if after is not None and after["prev"] == line_hash(line.raw):
-        return Problem(previous.file, previous.number,
-                       f"edited: its sha256 is not the prev that the next line ({line.file.name}:{line.number}) recorded")
+        return Problem(
+            previous.file,
+            previous.number,
+            f"edited: its sha256 is not the prev that the next line ({line.file.name}:{line.number}) recorded",
+        )
     if following is None:
-        return Problem(previous.file, previous.number,
-                       f"edited, or the prev of the last line ({line.file.name}:{line.number}) was changed")
-    return here(f"inserted or edited: its prev is not the sha256 of {previous.file.name}:{previous.number}, "
-                "and the next line does not link to it")
+        return Problem(
+            previous.file,
+            previous.number,
+            f"edited, or the prev of the last line ({line.file.name}:{line.number}) was changed",
+        )
+    return here(
+        f"inserted or edited: its prev is not the sha256 of {previous.file.name}:{previous.number}, "
+        "and the next line does not link to it"
+    )

@@ -20,11 +20,15 @@ def prompt_ids(tokenizer, messages: list[dict], system: str | None = None) -> li
     """Ids of the conversation up to the assistant's turn, generation prompt added."""
     if not tokenizer.chat_template:
         return tokenizer("\n".join(m["content"] for m in messages))["input_ids"]
-    out = tokenizer.apply_chat_template(with_system(messages, system), add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = tokenizer.apply_chat_template(
+        with_system(messages, system), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(out["input_ids"])
 
 
-def prompt_and_answer(tokenizer, messages: list[dict], system: str | None = None, where: str = "record") -> tuple[list[int], list[int]]:
+def prompt_and_answer(
+    tokenizer, messages: list[dict], system: str | None = None, where: str = "record"
+) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids): the answer is what the template puts after the prompt, through its end-of-turn token.
 
     Raises:
@@ -33,9 +37,13 @@ def prompt_and_answer(tokenizer, messages: list[dict], system: str | None = None
     prompt = prompt_ids(tokenizer, messages[:-1], system)
     answer = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if tokenizer.chat_template:
-        full = list(tokenizer.apply_chat_template(with_system(messages, system), tokenize=True, return_dict=True)["input_ids"])
+        full = list(
+            tokenizer.apply_chat_template(with_system(messages, system), tokenize=True, return_dict=True)["input_ids"]
+        )
         if full[: len(prompt)] != prompt:
-            raise EnclaveError(f"{where}: the chat template does not extend the prompt with the answer; cannot mask the prompt")
+            raise EnclaveError(
+                f"{where}: the chat template does not extend the prompt with the answer; cannot mask the prompt"
+            )
         eos = [i for i, t in enumerate(full) if t == tokenizer.eos_token_id and i >= len(prompt)]
         answer = full[len(prompt) : eos[0] + 1] if eos else full[len(prompt) :]
     return prompt, answer

@@ -122,7 +122,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
     """
     group = parser.add_argument_group(f"{cls.__name__} (also settable as key=value)")
     for name, field in cls.model_fields.items():
-        if (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)) or get_origin(field.annotation) is dict:
+        if (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)) or get_origin(
+            field.annotation
+        ) is dict:
             continue  # nested: key=value overrides or the YAML file
         default = field.default
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
@@ -136,7 +138,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[StrictConfig]) -
             default=None,
             type=int if numeric else None,  # Literal[2, 4, 8]: pydantic will not read "4" as 4
             action="append" if get_origin(field.annotation) is list else "store",  # --adapters a --adapters b
-            help=f"{field.description or ''} ({'required' if field.is_required() else f'default: {default!r}'})".replace("%", "%%"),
+            help=(
+                f"{field.description or ''} ({'required' if field.is_required() else f'default: {default!r}'})"
+            ).replace("%", "%%"),
         )
 
 
@@ -154,5 +158,6 @@ def describe(cls: type[StrictConfig], prefix: str = "") -> list[str]:
             lines += describe(field.annotation, key + ".")
         else:
             default = field.default if not isinstance(field.default, list) or field.default else "[]"
-            lines.append(f"  {key} = {default}\n      {field.description or ''}")
+            text = " ".join((field.description or "").split())  # a docstring wrapped in the source: one line
+            lines.append(f"  {key} = {default}\n      {text}")
     return lines

@@ -10,7 +10,6 @@ from types import ModuleType
 
 from enclave.errors import EnclaveError
 
-
 # Libraries that import GPTQModel when it is installed (PEFT, for its quantized LoRA layers).
 _IMPORTS_GPTQMODEL = ("peft",)
 

@@ -35,7 +35,8 @@ def ancestors(manifest: Manifest, near: Path) -> list[Manifest]:
             raise EnclaveError(
                 f"lineage of {near}: the manifest of {current.name!r} ({current.digest[:19]}) names {digest[:19]} "
                 "as its parent, which is already in its own lineage (a cycle)",
-                fix="restore the artifacts' manifest.json files from their source: a parent is always an older artifact",
+                fix="restore the artifacts' manifest.json files from their source: "
+                "a parent is always an older artifact",
             )
         if len(chain) > MAX_DEPTH:
             raise EnclaveError(

@@ -18,8 +18,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra=`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One record as a JSON line: UTC time, level, logger, message, ``extra=`` fields and any exception."""
         payload = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -49,8 +50,22 @@ def setup_logging(fmt: str = "text", debug: bool = False) -> None:
         quiet(noisy)
 
 
-NOISY = ("urllib3", "filelock", "httpx", "httpcore", "huggingface_hub", "transformers", "accelerate",
-         "absl", "matplotlib", "optuna", "peft", "logbar", "gptqmodel", "tokenicer")  # fmt: skip
+NOISY = (
+    "urllib3",
+    "filelock",
+    "httpx",
+    "httpcore",
+    "huggingface_hub",
+    "transformers",
+    "accelerate",
+    "absl",
+    "matplotlib",
+    "optuna",
+    "peft",
+    "logbar",
+    "gptqmodel",
+    "tokenicer",
+)
 
 
 def quiet(name: str) -> None:

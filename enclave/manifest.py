@@ -28,9 +28,7 @@ from enclave.errors import EnclaveError, IntegrityError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-ArtifactKind = Literal[
-    "base_model", "adapter", "merged", "pruned", "distilled", "quantized", "onnx", "vllm", "bundle"
-]
+ArtifactKind = Literal["base_model", "adapter", "merged", "pruned", "distilled", "quantized", "onnx", "vllm", "bundle"]
 _HEX64 = r"^[0-9a-f]{64}$"
 _DIGEST = r"^sha256:[0-9a-f]{64}$"
 _PROGRESS_BYTES = 64 << 20
@@ -89,6 +87,7 @@ class Manifest(_Strict):
     """Every file except manifest.json, sorted by path."""
 
     def to_json(self) -> bytes:
+        """The bytes of ``manifest.json``: indented JSON, fields in schema order, ending with a newline."""
         return (json.dumps(self.model_dump(), indent=2, sort_keys=False) + "\n").encode()
 
     def as_parent(self, role: str | None = None) -> Parent:
@@ -121,7 +120,9 @@ def sha256_file(path: Path, follow_symlinks: bool = True) -> str:
         if size >= _PROGRESS_BYTES:
             from tqdm import tqdm
 
-            bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False, disable=None)
+            bar = tqdm(
+                total=size, unit="B", unit_scale=True, desc=f"sha256 {Path(path).name}", leave=False, disable=None
+            )
         while block := fh.read(1 << 20):
             h.update(block)
             if bar is not None:
@@ -183,7 +184,7 @@ def scan_files(root: Path) -> list[FileEntry]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Draft:
@@ -199,12 +200,26 @@ class Draft:
         self.manifest: Manifest | None = None
 
     def seal(self) -> Manifest:
+        """Hash every file under ``path`` and write ``manifest.json`` there; ``create_artifact`` calls it.
+
+        Returns:
+            The manifest written, also kept in ``self.manifest``.
+
+        Raises:
+            EnclaveError: a symbolic link under ``path`` (artifacts hold plain files only).
+        """
         files = scan_files(self.path)
         manifest = Manifest(
-            kind=self.kind, name=self.name, enclave_version=__version__, created_at=_now(),
-            digest=content_digest(files), parents=self.parents, settings=self.settings,
-            metrics=self.metrics, files=files,
-        )  # fmt: skip
+            kind=self.kind,
+            name=self.name,
+            enclave_version=__version__,
+            created_at=_now(),
+            digest=content_digest(files),
+            parents=self.parents,
+            settings=self.settings,
+            metrics=self.metrics,
+            files=files,
+        )
         (self.path / MANIFEST).write_bytes(manifest.to_json())
         self.manifest = manifest
         return manifest
@@ -238,9 +253,7 @@ def create_artifact(
             yield draft
             draft.seal()
     except FileExistsError as exc:
-        raise EnclaveError(
-            f"{final} already exists", fix="choose another output path, or pass --overwrite"
-        ) from exc
+        raise EnclaveError(f"{final} already exists", fix="choose another output path, or pass --overwrite") from exc
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -33,10 +33,12 @@ class Record:
 
     @property
     def answer(self) -> str:
+        """The answer: the content of the last (assistant) message."""
         return self.messages[-1]["content"]
 
     @property
     def text(self) -> str:
+        """The content of every message, prompt and answer, joined with newlines."""
         return "\n".join(m["content"] for m in self.messages)
 
     @property
@@ -50,7 +52,9 @@ class DataError(EnclaveError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        shown = problems[:MAX_SHOWN] + ([f"... and {len(problems) - MAX_SHOWN} more"] if len(problems) > MAX_SHOWN else [])
+        shown = problems[:MAX_SHOWN] + (
+            [f"... and {len(problems) - MAX_SHOWN} more"] if len(problems) > MAX_SHOWN else []
+        )
         lines = "\n".join(f"  - {p}" for p in shown)
         super().__init__(
             f"{len(problems)} invalid record(s); nothing was trained:\n{lines}",
@@ -83,12 +87,16 @@ def resolve_path(path: str, setting: str = "data.path") -> Path:
         name = path.split(":", 1)[1]
         shipped = datasets_dir() / f"{name}.jsonl"
         if not shipped.is_file():
-            raise EnclaveError(f"{setting}: no built-in data set {name!r}", fix=f"built-in: {', '.join(builtin_datasets())}")
+            raise EnclaveError(
+                f"{setting}: no built-in data set {name!r}", fix=f"built-in: {', '.join(builtin_datasets())}"
+            )
         return Path(str(shipped))
     p = Path(path).expanduser()
     if not p.exists():
-        raise EnclaveError(f"{setting} {path!r} does not exist",
-                           fix="give a JSONL or CSV file, a directory of them, or builtin:clinical_legal")  # fmt: skip
+        raise EnclaveError(
+            f"{setting} {path!r} does not exist",
+            fix="give a JSONL or CSV file, a directory of them, or builtin:clinical_legal",
+        )
     return p
 
 
@@ -120,7 +128,9 @@ def load_records(path: str, columns: dict[str, str] | None = None, setting: str 
     if problems:
         raise DataError(problems)
     if not records:
-        raise EnclaveError(f"{setting} {path!r} holds no records (empty file)", fix="add examples, one JSON object per line")
+        raise EnclaveError(
+            f"{setting} {path!r} holds no records (empty file)", fix="add examples, one JSON object per line"
+        )
     return records
 
 
@@ -154,7 +164,9 @@ def _read_csv(path: Path, columns: dict) -> tuple[list[Record], list[str]]:
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     mapping = {k: columns.get(k, k) for k in ("instruction", "input", "output", "group", "split")}
-    missing = [f"data.columns.{k} -> {v!r}" for k, v in mapping.items() if k in ("instruction", "output") and v not in header]
+    missing = [
+        f"data.columns.{k} -> {v!r}" for k, v in mapping.items() if k in ("instruction", "output") and v not in header
+    ]
     if missing:
         return [], [f"{path.name}: column(s) not found: {', '.join(missing)}; the header has: {', '.join(header)}"]
     records, problems = [], []
@@ -183,7 +195,10 @@ def parse_record(obj, where: str) -> tuple[Record | None, list[str]]:
     elif "instruction" in obj or "output" in obj:
         messages, errs = _instruction(obj, where)
     else:
-        messages, errs = None, [f"{where}: needs instruction and output, or messages (found keys: {', '.join(sorted(obj)) or 'none'})"]
+        messages, errs = (
+            None,
+            [f"{where}: needs instruction and output, or messages (found keys: {', '.join(sorted(obj)) or 'none'})"],
+        )
     problems += errs
     if problems:
         return None, problems

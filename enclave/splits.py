@@ -52,7 +52,9 @@ def normalized(record: Record) -> Record:
     return Record(messages, record.source, record.group, record.split, dict(record.meta))
 
 
-def select_split(records: list[Record], split: str, ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS) -> list[Record]:
+def select_split(
+    records: list[Record], split: str, ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS
+) -> list[Record]:
     """The records of one split, split as tune splits them, in file order.
 
     A record's own ``split`` wins; one without is placed by the hash of its normalized content
@@ -78,7 +80,9 @@ def select_split(records: list[Record], split: str, ratios: tuple[float, float, 
     return [rec for s, h, rec in keyed if s == split and h not in elsewhere]
 
 
-def load_split(path: str, split: str, columns: dict[str, str] | None = None, setting: str = "data.path") -> list[Record]:
+def load_split(
+    path: str, split: str, columns: dict[str, str] | None = None, setting: str = "data.path"
+) -> list[Record]:
     """The records of one split of the data at ``path`` (``load_records``, then ``select_split``).
 
     Raises:

@@ -72,7 +72,7 @@ class Audit:
                 self.fd = None
 
     def _append(self, fields: dict) -> None:
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         line = json.dumps({"seq": self.seq + 1, "prev": self.head, "time": now, **fields}).encode()
         if self.path is None:
             log.info(line.decode())
@@ -107,10 +107,20 @@ class Audit:
         if trailing:
             # A torn write (crash, full disk) or bytes someone appended: never chain over them
             # silently. This line says what was found, and verify reports the unreadable line.
-            log.warning("audit log %s ends in %d bytes that are not a complete audit line; resuming after seq %d",
-                        self.path, len(trailing), self.seq)  # fmt: skip
-            self._append({"event": RESUMED, "after_seq": self.seq, "unreadable_bytes": len(trailing),
-                          "unreadable_sha256": line_hash(trailing.rstrip(b"\n"))})  # fmt: skip
+            log.warning(
+                "audit log %s ends in %d bytes that are not a complete audit line; resuming after seq %d",
+                self.path,
+                len(trailing),
+                self.seq,
+            )
+            self._append(
+                {
+                    "event": RESUMED,
+                    "after_seq": self.seq,
+                    "unreadable_bytes": len(trailing),
+                    "unreadable_sha256": line_hash(trailing.rstrip(b"\n")),
+                }
+            )
 
     def _rotate(self) -> None:
         os.close(self.fd)
@@ -157,6 +167,6 @@ def _set_aside_unchained(path: Path) -> None:
     except ValueError:
         plain = False
     if plain:
-        aside = path.with_name(f"{path.name}.unchained-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}")
+        aside = path.with_name(f"{path.name}.unchained-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
         path.rename(aside)
         log.warning("audit log %s has lines without a hash chain (written before it existed): moved to %s", path, aside)

@@ -35,9 +35,22 @@ ROLES = ("reader", "admin")
 MIN_BITS = 128
 TOKEN_PREFIX = "enclave_"
 # Tokens that appear in documentation and examples; a tokens file that accepts one is refused.
-PLACEHOLDERS = ("change-me", "changeme", "replace-me", "REPLACE_ME", "<token>", "TOKEN", "secret", "password",
-                "admin-token-0123456789", "reader-token-0123456789", "enclave_REPLACE_WITH_A_TOKEN_FROM_enclave_serve_token_create")
-PLACEHOLDER_WORDS = re.compile(r"change.?me|replace|example|placeholder|password|secret|token|test|dummy|xxxx", re.IGNORECASE)
+PLACEHOLDERS = (
+    "change-me",
+    "changeme",
+    "replace-me",
+    "REPLACE_ME",
+    "<token>",
+    "TOKEN",
+    "secret",
+    "password",
+    "admin-token-0123456789",
+    "reader-token-0123456789",
+    "enclave_REPLACE_WITH_A_TOKEN_FROM_enclave_serve_token_create",
+)
+PLACEHOLDER_WORDS = re.compile(
+    r"change.?me|replace|example|placeholder|password|secret|token|test|dummy|xxxx", re.IGNORECASE
+)
 PLACEHOLDER_HASHES = {"0" * 64}  # the example file's stand-in hash
 
 
@@ -73,13 +86,17 @@ class Caller:
     def check_model(self, model: str) -> None:
         """Raise PermissionDenied when this caller may not use ``model``."""
         if self.models is not None and model not in self.models:
-            raise PermissionDenied(f"model: this token may not use {model!r}; it may use: {', '.join(sorted(self.models))}")
+            raise PermissionDenied(
+                f"model: this token may not use {model!r}; it may use: {', '.join(sorted(self.models))}"
+            )
 
     def check_admin(self) -> None:
         """Raise PermissionDenied unless the caller holds an admin token (there is no admin without tokens)."""
         if not self.authenticated:
-            raise PermissionDenied("this rpc needs an admin token, and this server has no tokens file: configure "
-                                   "auth.tokens_file and make one with `enclave serve token create --role admin`")  # fmt: skip
+            raise PermissionDenied(
+                "this rpc needs an admin token, and this server has no tokens file: configure "
+                "auth.tokens_file and make one with `enclave serve token create --role admin`"
+            )
         if not self.admin:
             raise PermissionDenied("this rpc needs a token with role: admin in the server's tokens file")
 
@@ -124,19 +141,29 @@ def entropy_bits(token: str) -> float:
     if re.fullmatch(r"[0-9a-fA-F]+", body):
         alphabet = 16
     else:
-        alphabet = sum(n for pattern, n in ((r"[a-z]", 26), (r"[A-Z]", 26), (r"[0-9]", 10), (r"[^a-zA-Z0-9]", 33))
-                       if re.search(pattern, body))  # fmt: skip
+        alphabet = sum(
+            n
+            for pattern, n in ((r"[a-z]", 26), (r"[A-Z]", 26), (r"[0-9]", 10), (r"[^a-zA-Z0-9]", 33))
+            if re.search(pattern, body)
+        )
     distinct = len(set(body))
     return len(body) * math.log2(max(2, min(alphabet, distinct * 2)))
 
 
 def weakness(token: str) -> str | None:
     """Why a token must not be accepted (a placeholder, or under 128 bits), or None."""
-    if token in PLACEHOLDERS or token_hash(token) in PLACEHOLDER_HASHES or PLACEHOLDER_WORDS.search(token.removeprefix(TOKEN_PREFIX)):
+    if (
+        token in PLACEHOLDERS
+        or token_hash(token) in PLACEHOLDER_HASHES
+        or PLACEHOLDER_WORDS.search(token.removeprefix(TOKEN_PREFIX))
+    ):
         return "it looks like a placeholder from an example (make a real one with `enclave serve token create`)"
     bits = entropy_bits(token)
     if bits < MIN_BITS:
-        return f"it has about {bits:.0f} bits of entropy, under the {MIN_BITS} required (`enclave serve token create` makes 256)"
+        return (
+            f"it has about {bits:.0f} bits of entropy, under the {MIN_BITS} required "
+            "(`enclave serve token create` makes 256)"
+        )
     return None
 
 
@@ -148,12 +175,19 @@ def _entry_problems(i: int, raw) -> list[str]:
     if "token" in raw:
         why = weakness(str(raw["token"]))
         weak = f"; the token is also weak: {why}" if why else ""
-        out.append(f"[{i}] ({raw.get('name', '?')}): holds a token in clear text; the file stores sha256 hashes only. Make a new "
-                   f"token with `enclave serve token create --name NAME --role ROLE --tokens-file FILE` and delete this entry{weak}")
+        out.append(
+            f"[{i}] ({raw.get('name', '?')}): holds a token in clear text; "
+            "the file stores sha256 hashes only. Make a new "
+            "token with `enclave serve token create --name NAME --role ROLE --tokens-file FILE` "
+            f"and delete this entry{weak}"
+        )
     if "admin" in raw:
         out.append(f"[{i}] ({raw.get('name', '?')}): `admin: true` is now `role: admin`")
     if str(raw.get("sha256", "")).lower() in PLACEHOLDER_HASHES:
-        out.append(f"[{i}] ({raw.get('name', '?')}): sha256 is the example's placeholder; make a real token with `enclave serve token create`")
+        out.append(
+            f"[{i}] ({raw.get('name', '?')}): sha256 is the example's placeholder; "
+            "make a real token with `enclave serve token create`"
+        )
     return out
 
 
@@ -176,10 +210,20 @@ class Tokens:
         if problems:
             raise ConfigError(f"auth.tokens_file {self.path}", problems)
         if not entries and not allow_empty:
-            raise ConfigError(f"auth.tokens_file {self.path}",
-                              ["no tokens: add one with `enclave serve token create`, or leave auth.tokens_file empty to turn auth off"])
-        self.entries = [(bytes.fromhex(e.sha256), Caller("sha256:" + e.sha256[:16], e.name, frozenset(e.models) if e.models else None, e.role))
-                        for e in entries]  # fmt: skip
+            raise ConfigError(
+                f"auth.tokens_file {self.path}",
+                [
+                    "no tokens: add one with `enclave serve token create`, "
+                    "or leave auth.tokens_file empty to turn auth off"
+                ],
+            )
+        self.entries = [
+            (
+                bytes.fromhex(e.sha256),
+                Caller("sha256:" + e.sha256[:16], e.name, frozenset(e.models) if e.models else None, e.role),
+            )
+            for e in entries
+        ]
 
     def caller(self, metadata) -> Caller:
         """The caller for a call's metadata, or Unauthenticated."""
@@ -223,16 +267,31 @@ def add_token(path: Path, name: str, role: str, models: list[str] | None = None,
     if token is None:
         token = new_token()
     elif why := weakness(token):
-        raise EnclaveError(f"the token given is refused: {why}", fix="use `enclave serve token create` without a token to make one")
+        raise EnclaveError(
+            f"the token given is refused: {why}", fix="use `enclave serve token create` without a token to make one"
+        )
     path = Path(path).expanduser()
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Enclave tokens file: sha256 hashes, made by `enclave serve token create`\n"
+    text = (
+        path.read_text(encoding="utf-8")
+        if path.is_file()
+        else "# Enclave tokens file: sha256 hashes, made by `enclave serve token create`\n"
+    )
     existing = read_yaml(path, expect=list) if path.is_file() else []
     if any(isinstance(e, dict) and e.get("name") == name for e in existing):
-        raise EnclaveError(f"--name: {name!r} is already in {path}", fix="pick another name (delete its entry to revoke the old token)")
-    entry = {"name": name, "sha256": token_hash(token), "role": role, "models": models or None,
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        raise EnclaveError(
+            f"--name: {name!r} is already in {path}", fix="pick another name (delete its entry to revoke the old token)"
+        )
+    entry = {
+        "name": name,
+        "sha256": token_hash(token),
+        "role": role,
+        "models": models or None,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     line = "- {" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in entry.items() if v is not None) + "}\n"
-    atomic_write_bytes(path, (text if text.endswith("\n") or not text else text + "\n").encode() + line.encode(), mode=0o600)
+    atomic_write_bytes(
+        path, (text if text.endswith("\n") or not text else text + "\n").encode() + line.encode(), mode=0o600
+    )
     return token
 
 
@@ -252,6 +311,10 @@ def revoke_token(path: Path, name: str) -> None:
     kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") == name)]
     if len(kept) == len(entries):
         names = [e.get("name") for e in entries if isinstance(e, dict)]
-        raise EnclaveError(f"--name: no token named {name!r} in {path}", fix=f"use one of: {', '.join(map(str, names)) or 'none'}")
-    text = "# Enclave tokens file: sha256 hashes, made by `enclave serve token create`\n" + (yaml.safe_dump(kept, sort_keys=False) if kept else "[]\n")
+        raise EnclaveError(
+            f"--name: no token named {name!r} in {path}", fix=f"use one of: {', '.join(map(str, names)) or 'none'}"
+        )
+    text = "# Enclave tokens file: sha256 hashes, made by `enclave serve token create`\n" + (
+        yaml.safe_dump(kept, sort_keys=False) if kept else "[]\n"
+    )
     atomic_write_bytes(path, text.encode(), mode=0o600)

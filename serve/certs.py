@@ -44,19 +44,36 @@ def _name(cn: str):
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Enclave test CA"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Enclave test CA"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
-def _issue(subject: str, key, issuer: str, issuer_key, days: int, ca: bool = False, hosts: list[str] | None = None, client=False):
+def _issue(
+    subject: str,
+    key,
+    issuer: str,
+    issuer_key,
+    days: int,
+    ca: bool = False,
+    hosts: list[str] | None = None,
+    client=False,
+):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer)).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-         .not_valid_after(now + dt.timedelta(days=days))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
     if ca:
         b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
     else:
@@ -71,8 +88,11 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     atomic_write_bytes(path, data, mode=0o600 if private else 0o644)
 
 
-def create_certificates(out: Path, hosts: list[str], client: str | None = None, days: int = 365, force: bool = False) -> Issued:
-    """Write ca.pem/ca.key, server.pem/server.key (for ``hosts``) and, with ``client``, client.pem/client.key into ``out``.
+def create_certificates(
+    out: Path, hosts: list[str], client: str | None = None, days: int = 365, force: bool = False
+) -> Issued:
+    """Write ca.pem/ca.key, server.pem/server.key (for ``hosts``) and, with ``client``,
+    client.pem/client.key into ``out``.
 
     Args:
         out: the directory (created, mode 0700).
@@ -91,17 +111,24 @@ def create_certificates(out: Path, hosts: list[str], client: str | None = None, 
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not hosts:
-        raise EnclaveError("--host: give at least one name or address clients connect to", fix="e.g. --host enclave.hospital.local --host 10.0.0.7")
+        raise EnclaveError(
+            "--host: give at least one name or address clients connect to",
+            fix="e.g. --host enclave.hospital.local --host 10.0.0.7",
+        )
     out = Path(out).expanduser()
     names = ["ca.pem", "ca.key", "server.pem", "server.key"] + (["client.pem", "client.key"] if client else [])
     existing = [n for n in names if (out / n).exists()]
     if existing and not force:
-        raise EnclaveError(f"{out}: {', '.join(existing)} exist", fix="pick another directory, or pass --force to replace them")
+        raise EnclaveError(
+            f"{out}: {', '.join(existing)} exist", fix="pick another directory, or pass --force to replace them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
 
     def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def pem(cert) -> bytes:
         return cert.public_bytes(serialization.Encoding.PEM)

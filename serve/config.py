@@ -43,7 +43,10 @@ class LimitSettings(StrictConfig):
     @model_validator(mode="after")
     def _default_fits(self) -> LimitSettings:
         if self.default_new_tokens > self.max_new_tokens:
-            raise ValueError(f"default_new_tokens ({self.default_new_tokens}) is over max_new_tokens ({self.max_new_tokens}); lower it")
+            raise ValueError(
+                f"default_new_tokens ({self.default_new_tokens}) "
+                f"is over max_new_tokens ({self.max_new_tokens}); lower it"
+            )
         return self
 
 
@@ -86,7 +89,8 @@ class ServeConfig(StrictConfig):
     repo: str
     """The model repository directory (`enclave serve add` fills it)."""
     host: str = "127.0.0.1"
-    """Address to listen on (0.0.0.0 for every interface: then TLS and a tokens file are required, or `insecure: true`)."""
+    """Address to listen on (0.0.0.0 for every interface: then TLS and a tokens file are required,
+    or `insecure: true`)."""
     insecure: bool = False
     """Allow listening on a non-loopback address without TLS and tokens (warned once a minute, and
     exported as enclave_insecure_mode 1). Only for a network that nothing else can reach."""
@@ -103,7 +107,8 @@ class ServeConfig(StrictConfig):
     reflection: bool = False
     """gRPC server reflection (lets grpcurl list the services without the .proto); off: the .proto is the contract."""
     health_port: int | None = Field(None, ge=0, le=65535)
-    """A plaintext port with grpc.health.v1 only, for probes that cannot speak TLS (Kubernetes gRPC probes); empty: none."""
+    """A plaintext port with grpc.health.v1 only, for probes that cannot speak TLS (Kubernetes gRPC
+    probes); empty: none."""
     default_model: str | None = None
     """Model used when a request names none (default: the first in the repository)."""
     threads: int | None = Field(None, ge=1)
@@ -119,7 +124,8 @@ class ServeConfig(StrictConfig):
     grace_seconds: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish."""
     audit_log: str | None = None
-    """File for one hash-chained JSON line per request (no text; `enclave audit verify FILE` checks it); empty: the log."""
+    """File for one hash-chained JSON line per request (no text; `enclave audit verify FILE` checks
+    it); empty: the log."""
     audit_max_bytes: int = Field(64 << 20, ge=4096)
     """The audit file is rotated (FILE.1, FILE.2, ...) past this size; the chain continues into the new file."""
     audit_backups: int = Field(20, ge=1)

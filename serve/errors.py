@@ -1,4 +1,4 @@
-"""Errors the server turns into gRPC status codes (one interceptor does it: serve.interceptors).
+"""Errors the server turns into gRPC status codes (one interceptor does it: serve.rpc.interceptors).
 
 Raise the class that says what went wrong; the message names the field, the value and the fix.
 Anything else that escapes a handler is a bug and becomes INTERNAL, with the traceback in the log.

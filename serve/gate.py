@@ -87,7 +87,9 @@ class Gate:
         key = self.key(caller)
         if self.open[key] >= self.max_streams:
             who = "token" if caller.authenticated else "client address"
-            raise ResourceExhausted(f"this {who} has {self.open[key]} calls open, the limit (limits.max_streams_per_token)", retry_ms=1000)
+            raise ResourceExhausted(
+                f"this {who} has {self.open[key]} calls open, the limit (limits.max_streams_per_token)", retry_ms=1000
+            )
         self.open[key] += 1
 
     def leave(self, caller: Caller) -> None:
@@ -97,7 +99,10 @@ class Gate:
             del self.open[key]  # no entry per address that ever called
 
     def audit_refusal(self, audit, authenticated: bool, **fields) -> None:
-        """Audit a refused call; from a caller without a valid token, at most ~10 lines a second (the rest are counted)."""
+        """Audit a refused call.
+
+        From a caller without a valid token, at most ~10 lines a second (the rest are counted).
+        """
         if authenticated:
             audit.record(**fields)
             return
@@ -116,7 +121,9 @@ class Gate:
         try:
             tokens = Tokens(self.path, allow_empty=True)  # every token revoked: nobody may call
         except EnclaveError as exc:
-            log.error("auth.tokens_file %s changed but is not valid, still using the previous tokens: %s", self.path, exc)
+            log.error(
+                "auth.tokens_file %s changed but is not valid, still using the previous tokens: %s", self.path, exc
+            )
             return False
         self.tokens = tokens  # one assignment: a call sees the old or the new table, never a mix
         log.info("auth.tokens_file reloaded: %d tokens", len(tokens.entries))

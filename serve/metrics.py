@@ -25,26 +25,58 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         ma, m = ("model", "adapter"), ("model",)
-        self.requests = Counter("enclave_requests", "Finished calls by gRPC status code", ("model", "adapter", "code"), registry=r)
-        self.ttft = Histogram("enclave_time_to_first_token_seconds", "Arrival to first generated token", ma, buckets=LATENCY, registry=r)
-        self.itl = Histogram("enclave_inter_token_latency_seconds", "Time between consecutive generated tokens", ma, buckets=LATENCY, registry=r)
-        self.e2e = Histogram("enclave_e2e_request_latency_seconds", "Arrival to the last token", ma, buckets=E2E, registry=r)
-        self.queue = Histogram("enclave_request_queue_time_seconds", "Arrival to the first model step", ma, buckets=LATENCY, registry=r)
+        self.requests = Counter(
+            "enclave_requests", "Finished calls by gRPC status code", ("model", "adapter", "code"), registry=r
+        )
+        self.ttft = Histogram(
+            "enclave_time_to_first_token_seconds", "Arrival to first generated token", ma, buckets=LATENCY, registry=r
+        )
+        self.itl = Histogram(
+            "enclave_inter_token_latency_seconds",
+            "Time between consecutive generated tokens",
+            ma,
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "enclave_e2e_request_latency_seconds", "Arrival to the last token", ma, buckets=E2E, registry=r
+        )
+        self.queue = Histogram(
+            "enclave_request_queue_time_seconds", "Arrival to the first model step", ma, buckets=LATENCY, registry=r
+        )
         self.prompt_tokens = Counter("enclave_prompt_tokens", "Prompt tokens processed", ma, registry=r)
         self.generation_tokens = Counter("enclave_generation_tokens", "Tokens generated", ma, registry=r)
-        self.prompt_len = Histogram("enclave_request_prompt_tokens", "Prompt length per request (drift)", ma, buckets=TOKENS, registry=r)
-        self.output_len = Histogram("enclave_request_generation_tokens", "Generated length per request (drift)", ma, buckets=TOKENS, registry=r)
-        self.context_limit = Counter("enclave_request_context_limit", "Generations stopped by the model's context length "
-                                     "(divided by enclave_requests_total: the share that hits the limit)", ma, registry=r)  # fmt: skip
+        self.prompt_len = Histogram(
+            "enclave_request_prompt_tokens", "Prompt length per request (drift)", ma, buckets=TOKENS, registry=r
+        )
+        self.output_len = Histogram(
+            "enclave_request_generation_tokens", "Generated length per request (drift)", ma, buckets=TOKENS, registry=r
+        )
+        self.context_limit = Counter(
+            "enclave_request_context_limit",
+            "Generations stopped by the model's context length "
+            "(divided by enclave_requests_total: the share that hits the limit)",
+            ma,
+            registry=r,
+        )
         self.running = Gauge("enclave_num_requests_running", "Requests in the running batch", m, registry=r)
         self.waiting = Gauge("enclave_num_requests_waiting", "Requests queued for a slot", m, registry=r)
         self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
         self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
-        self.load_time = Gauge("enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r)
-        self.insecure = Gauge("enclave_insecure_mode", "1 when the server runs with `insecure: true` (no TLS or no tokens "
-                              "on a non-loopback address)", registry=r)  # fmt: skip
-        self.reloads = Counter("enclave_credentials_reloads", "Tokens file or TLS certificate reloads, by what and result",
-                                   ("what", "result"), registry=r)  # fmt: skip
+        self.load_time = Gauge(
+            "enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r
+        )
+        self.insecure = Gauge(
+            "enclave_insecure_mode",
+            "1 when the server runs with `insecure: true` (no TLS or no tokens on a non-loopback address)",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "enclave_credentials_reloads",
+            "Tokens file or TLS certificate reloads, by what and result",
+            ("what", "result"),
+            registry=r,
+        )
 
     def serve(self, host: str, port: int, max_connections: int = 16, timeout: float = 10.0) -> int:
         """Start the /metrics HTTP endpoint; returns its port (``port`` 0 picks a free one)."""
@@ -53,8 +85,17 @@ class Metrics:
 
     def start_series(self, model: str, adapter: str = "") -> None:
         """Create a model's (or adapter's) series at zero, so rate() and alerts see them before the first call."""
-        for family in (self.ttft, self.itl, self.e2e, self.queue, self.prompt_tokens, self.generation_tokens,
-                       self.prompt_len, self.output_len, self.context_limit):  # fmt: skip
+        for family in (
+            self.ttft,
+            self.itl,
+            self.e2e,
+            self.queue,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.prompt_len,
+            self.output_len,
+            self.context_limit,
+        ):
             family.labels(model, adapter)
         self.requests.labels(model, adapter, "OK")
 

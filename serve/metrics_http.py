@@ -57,7 +57,9 @@ class MetricsServer:
     """``/metrics`` for one registry, in a background thread; ``port`` is the bound port."""
 
     def __init__(self, registry, host: str, port: int, max_connections: int = 16, timeout: float = 10.0) -> None:
-        server_class = type("MetricsHTTPServer", (_CappedServer,), {"max_connections": max_connections, "timeout_seconds": timeout})
+        server_class = type(
+            "MetricsHTTPServer", (_CappedServer,), {"max_connections": max_connections, "timeout_seconds": timeout}
+        )
         self.httpd = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
         self.httpd.slots = threading.BoundedSemaphore(max_connections)
         self.httpd.refused = 0

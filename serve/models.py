@@ -17,12 +17,12 @@ from pathlib import Path
 from enclave.errors import EnclaveError, IntegrityError
 from enclave.lineage import adapter_fits
 from enclave.manifest import MANIFEST, read_manifest, require_valid
+from enclave.repository import Repository, Version
 from enclave.store import home
-from serve.backends import open_engine
 from serve.config import ServeConfig
+from serve.engine.launch import open_engine
 from serve.errors import FailedPrecondition, InvalidArgument, NotFound
 from serve.metrics import Metrics
-from serve.repository import Repository, Version
 from serve.tokenizer import ServeTokenizer
 
 log = logging.getLogger("enclave.serve")
@@ -57,19 +57,29 @@ class Models:
         self.active: dict[str, Served] = {}
         self.retired: list[Served] = []
         self.lock = asyncio.Lock()
-        self.failed: dict[str, tuple] = {}  # model -> (version, pin) that failed to load: not retried until active.json changes
+        self.failed: dict[
+            str, tuple
+        ] = {}  # model -> (version, pin) that failed to load: not retried until active.json changes
         self.default: str | None = None
 
     async def start(self) -> None:
         """Load the active version of every model in the repository, and the configured adapters."""
         names = self.repo.models()
         if not names:
-            raise EnclaveError(f"the model repository {self.repo.root} has no models", fix="add one with `enclave serve add ARTIFACT --name NAME`")
+            raise EnclaveError(
+                f"the model repository {self.repo.root} has no models",
+                fix="add one with `enclave serve add ARTIFACT --name NAME`",
+            )
         unknown = sorted(set(self.cfg.adapters) - set(names))
         if unknown:
-            raise EnclaveError(f"adapters: no model {', '.join(unknown)} in {self.repo.root}", fix=f"use one of: {', '.join(names)}")
+            raise EnclaveError(
+                f"adapters: no model {', '.join(unknown)} in {self.repo.root}", fix=f"use one of: {', '.join(names)}"
+            )
         if self.cfg.default_model and self.cfg.default_model not in names:
-            raise EnclaveError(f"default_model: no model {self.cfg.default_model!r} in {self.repo.root}", fix=f"use one of: {', '.join(names)}")
+            raise EnclaveError(
+                f"default_model: no model {self.cfg.default_model!r} in {self.repo.root}",
+                fix=f"use one of: {', '.join(names)}",
+            )
         for name in names:
             self.active[name] = await self._open(name, self.repo.active(name))
             for adapter in self.cfg.adapters.get(name, []):
@@ -79,17 +89,27 @@ class Models:
     async def _open(self, name: str, version: Version) -> Served:
         started = time.perf_counter()
         log.info("loading model %s version %s (%s)", name, version.version, version.manifest.kind)
-        await asyncio.to_thread(self.repo.verified, version)  # every file against its sha256 and the pin, before any is read
+        await asyncio.to_thread(
+            self.repo.verified, version
+        )  # every file against its sha256 and the pin, before any is read
         tokenizer = ServeTokenizer(version.path)
-        engine = await open_engine(version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name))
+        engine = await open_engine(
+            version.manifest.kind, version.path, tokenizer, self.cfg, name, self.metrics.gauges(name)
+        )
         served = Served(name, version, tokenizer, engine, time.perf_counter() - started)
         for adapter, path in engine.bundled.items():  # adapters inside the artifact (vLLM exports)
             served.adapters[adapter] = read_manifest(path).digest
         self.metrics.load_time.labels(name).set(served.load_seconds)
         for adapter in ("", *served.adapters):
             self.metrics.start_series(name, adapter)
-        log.info("model %s version %s ready on %s in %.1f s (context %d)", name, version.version, engine.backend,
-                 served.load_seconds, served.context_length)  # fmt: skip
+        log.info(
+            "model %s version %s ready on %s in %.1f s (context %d)",
+            name,
+            version.version,
+            engine.backend,
+            served.load_seconds,
+            served.context_length,
+        )
         return served
 
     # --- lookups (request path) ----------------------------------------------------------
@@ -103,15 +123,19 @@ class Models:
             known = [v.version for v in self.repo.versions(name)]
             if version not in known:
                 raise NotFound(f"model_version: model {name!r} has no version {version!r}; it has: {', '.join(known)}")
-            raise FailedPrecondition(f"model_version: {name} version {version!r} exists but is not active (active: "
-                                     f"{served.version.version}); activate it with `enclave serve activate {name} {version}`")  # fmt: skip
+            raise FailedPrecondition(
+                f"model_version: {name} version {version!r} exists but is not active (active: "
+                f"{served.version.version}); activate it with `enclave serve activate {name} {version}`"
+            )
         return served
 
     @staticmethod
     def check_adapter(served: Served, adapter: str) -> None:
         if adapter and adapter not in served.adapters:
-            raise NotFound(f"adapter: model {served.name!r} has no adapter {adapter!r} loaded; it has: "
-                           f"{', '.join(served.adapters) or 'none'} (load one with the Admin LoadAdapter rpc)")  # fmt: skip
+            raise NotFound(
+                f"adapter: model {served.name!r} has no adapter {adapter!r} loaded; it has: "
+                f"{', '.join(served.adapters) or 'none'} (load one with the Admin LoadAdapter rpc)"
+            )
 
     # --- adapters (admin) ----------------------------------------------------------------
 
@@ -120,7 +144,9 @@ class Models:
         started = time.perf_counter()
         served = self.get(model)
         if not name or "/" in name or name.startswith("."):
-            raise InvalidArgument(f"adapter: {name!r} is not an adapter name (a directory name in {self.repo.adapters_dir})")
+            raise InvalidArgument(
+                f"adapter: {name!r} is not an adapter name (a directory name in {self.repo.adapters_dir})"
+            )
         async with self.lock:
             if name in served.adapters:
                 return served.adapters[name], 0.0
@@ -132,8 +158,11 @@ class Models:
                 raise NotFound(f"adapter: {exc.message}") from None
             manifest = read_manifest(path)
             if not adapter_fits(manifest, served.version.manifest, served.version.path):
-                raise FailedPrecondition(f"adapter: {name} was trained on base {manifest.settings.get('base_model', {}).get('digest')}, "
-                                         f"not on model {served.name} ({served.version.manifest.digest}); load it on the model it was trained for")  # fmt: skip
+                raise FailedPrecondition(
+                    f"adapter: {name} was trained on base {manifest.settings.get('base_model', {}).get('digest')}, "
+                    f"not on model {served.name} ({served.version.manifest.digest}); "
+                    "load it on the model it was trained for"
+                )
             try:
                 await served.engine.load_adapter(name, path)
             except EnclaveError as exc:
@@ -179,9 +208,14 @@ class Models:
                         await self.swap(name, self.repo.version(name, wanted[0]))
                 except Exception as exc:
                     self.failed[name] = wanted
-                    log.error("model %s: could not switch to version %s (%s); still serving %s", name, wanted[0], exc,
-                              served.version.version,
-                              exc_info=not isinstance(exc, EnclaveError))  # fmt: skip
+                    log.error(
+                        "model %s: could not switch to version %s (%s); still serving %s",
+                        name,
+                        wanted[0],
+                        exc,
+                        served.version.version,
+                        exc_info=not isinstance(exc, EnclaveError),
+                    )
 
     async def swap(self, name: str, version: Version) -> None:
         """Load a version, reload the old one's adapters on it (verified again), and send new requests to it."""
@@ -193,7 +227,12 @@ class Models:
             await asyncio.to_thread(new.engine.close)  # the old version keeps serving; the new engine is not leaked
             raise
         self.active[name] = new  # new requests go to the new version from here
-        log.info("model %s: version %s is active (was %s); the old one finishes its requests", name, version.version, old.version.version)
+        log.info(
+            "model %s: version %s is active (was %s); the old one finishes its requests",
+            name,
+            version.version,
+            old.version.version,
+        )
         self.retired.append(old)
         asyncio.get_running_loop().create_task(self._retire(old))
 
@@ -204,7 +243,9 @@ class Models:
             try:  # the same verifying path as LoadAdapter: the files may have changed since they were loaded
                 path = await asyncio.to_thread(self._adapter_path, adapter)
             except EnclaveError as exc:
-                log.error("model %s version %s: adapter %s not reloaded: %s", new.name, new.version.version, adapter, exc)
+                log.error(
+                    "model %s version %s: adapter %s not reloaded: %s", new.name, new.version.version, adapter, exc
+                )
                 continue
             manifest = read_manifest(path)
             if adapter_fits(manifest, new.version.manifest, new.version.path):

@@ -10,9 +10,9 @@ import uuid
 import weakref
 
 from enclave.v1 import inference_pb2 as pb
-from serve.backends.base import Sampling
 from serve.config import LimitSettings
 from serve.errors import InvalidArgument, ResourceExhausted
+from serve.job import Sampling
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 16
@@ -83,14 +83,19 @@ def check_bytes(request, tokenizer, most_tokens: int, text_field: str = "prompt"
     size, per_token = input_chars(request, text_field), max_token_bytes(tokenizer)
     if size > most_tokens * per_token:
         field = "chat.messages" if request.WhichOneof("input") == "chat" else text_field
-        raise ResourceExhausted(f"{field}: {size} characters cannot fit in {most_tokens} tokens (this server's limit, "
-                                f"limits.max_prompt_tokens; no token is longer than {per_token} bytes); shorten it")  # fmt: skip
+        raise ResourceExhausted(
+            f"{field}: {size} characters cannot fit in {most_tokens} tokens (this server's limit, "
+            f"limits.max_prompt_tokens; no token is longer than {per_token} bytes); shorten it"
+        )
 
 
 def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
     max_tokens = p.max_tokens or limits.default_new_tokens
     if max_tokens > limits.max_new_tokens:
-        raise ResourceExhausted(f"sampling.max_tokens: {max_tokens} is over this server's limit of {limits.max_new_tokens} (limits.max_new_tokens)")
+        raise ResourceExhausted(
+            f"sampling.max_tokens: {max_tokens} is over this server's limit of {limits.max_new_tokens} "
+            "(limits.max_new_tokens)"
+        )
     temperature = p.temperature if p.HasField("temperature") else 0.0
     if not (0.0 <= temperature <= 100.0) or math.isnan(temperature):
         raise InvalidArgument(f"sampling.temperature: {temperature} is outside 0 to 100 (0 is greedy)")
@@ -103,17 +108,33 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
     if len(p.stop) > MAX_STOP:
         raise InvalidArgument(f"sampling.stop: {len(p.stop)} strings; at most {MAX_STOP}")
     if p.min_tokens > max_tokens:
-        raise InvalidArgument(f"sampling.min_tokens: {p.min_tokens} is above sampling.max_tokens ({max_tokens}); lower it or raise max_tokens")
+        raise InvalidArgument(
+            f"sampling.min_tokens: {p.min_tokens} is above sampling.max_tokens ({max_tokens}); "
+            "lower it or raise max_tokens"
+        )
     for i, s in enumerate(p.stop):
         if not s or len(s) > MAX_STOP_CHARS:
             raise InvalidArgument(f"sampling.stop[{i}]: must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
-    return Sampling(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=int(p.top_k),
-                    repetition_penalty=float(penalty), stop=tuple(p.stop), seed=p.seed if p.HasField("seed") else None,
-                    min_tokens=int(p.min_tokens))  # fmt: skip
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(p.top_k),
+        repetition_penalty=float(penalty),
+        stop=tuple(p.stop),
+        seed=p.seed if p.HasField("seed") else None,
+        min_tokens=int(p.min_tokens),
+    )
 
 
 def check_prompt(ids: list[int], context_length: int, limits: LimitSettings) -> None:
     if len(ids) > limits.max_prompt_tokens:
-        raise ResourceExhausted(f"prompt: {len(ids)} tokens is over this server's limit of {limits.max_prompt_tokens} (limits.max_prompt_tokens)")
+        raise ResourceExhausted(
+            f"prompt: {len(ids)} tokens is over this server's limit of {limits.max_prompt_tokens} "
+            "(limits.max_prompt_tokens)"
+        )
     if len(ids) >= context_length:
-        raise InvalidArgument(f"prompt: {len(ids)} tokens leave no room to generate in the model's context of {context_length}; shorten it")
+        raise InvalidArgument(
+            f"prompt: {len(ids)} tokens leave no room to generate in the model's context of {context_length}; "
+            "shorten it"
+        )

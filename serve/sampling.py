@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.backends.base import Sampling
+from serve.job import Sampling
 
 
 class Sampler:

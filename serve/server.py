@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,13 +19,15 @@ from grpc_reflection.v1alpha import reflection
 from enclave.errors import EnclaveError
 from enclave.v1 import inference_pb2 as pb
 from enclave.v1 import inference_pb2_grpc as rpc
+from serve.admission import Admission
 from serve.audit import Audit
 from serve.config import ServeConfig
-from serve.interceptors import ErrorInterceptor
+from serve.gate import Gate
 from serve.metrics import Metrics
 from serve.models import Models
-from serve.gate import Gate
-from serve.service import AdminService, InferenceService
+from serve.rpc.admin import AdminService
+from serve.rpc.inference import InferenceService
+from serve.rpc.interceptors import ErrorInterceptor
 from serve.tls import ReloadingCredentials, check_exposure
 
 log = logging.getLogger("enclave.serve")
@@ -44,16 +45,19 @@ def grpc_options(cfg: ServeConfig) -> list[tuple[str, int]]:
     """Message sizes and the transport limits of ``connections`` as grpc core channel arguments."""
     size, c = cfg.limits.max_message_bytes, cfg.connections
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
-    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 0),  # a second server on the port is an error
-            ("grpc.max_concurrent_streams", c.max_concurrent_streams),
-            ("grpc.max_connection_idle_ms", ms(c.max_connection_idle_seconds)),
-            ("grpc.max_connection_age_ms", ms(c.max_connection_age_seconds)),
-            ("grpc.max_connection_age_grace_ms", ms(c.max_connection_age_grace_seconds)),
-            ("grpc.keepalive_time_ms", ms(c.keepalive_time_seconds)),
-            ("grpc.keepalive_timeout_ms", ms(c.keepalive_timeout_seconds)),
-            ("grpc.http2.min_ping_interval_without_data_ms", ms(c.min_ping_interval_seconds)),
-            ("grpc.http2.max_ping_strikes", 2)]  # fmt: skip
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),  # a second server on the port is an error
+        ("grpc.max_concurrent_streams", c.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", ms(c.max_connection_idle_seconds)),
+        ("grpc.max_connection_age_ms", ms(c.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", ms(c.max_connection_age_grace_seconds)),
+        ("grpc.keepalive_time_ms", ms(c.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(c.keepalive_timeout_seconds)),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(c.min_ping_interval_seconds)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 def host_port(host: str, port: int) -> str:
@@ -74,20 +78,28 @@ class Server:
         self.models = Models(cfg, self.metrics)
         self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(cfg))
         self.health = health.aio.HealthServicer()
-        self.inference = InferenceService(cfg, self.models, self.gate, self.metrics, self.audit)
-        rpc.add_InferenceServicer_to_server(self.inference, self.grpc)
-        rpc.add_AdminServicer_to_server(AdminService(self.models, self.gate, self.audit), self.grpc)
+        self.admission = Admission(cfg, self.models, self.gate, self.metrics, self.audit)
+        rpc.add_InferenceServicer_to_server(InferenceService(self.admission, self.models), self.grpc)
+        rpc.add_AdminServicer_to_server(AdminService(self.admission, self.models), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if cfg.reflection:
             names = [pb.DESCRIPTOR.services_by_name[s.split(".")[-1]].full_name for s in SERVICES]
             reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
         address = host_port(cfg.host, cfg.port)
-        self.tls = ReloadingCredentials(cfg, self._reloaded) if (cfg.tls.cert or cfg.tls.key or cfg.tls.client_ca) else None
+        self.tls = (
+            ReloadingCredentials(cfg, self._reloaded) if (cfg.tls.cert or cfg.tls.key or cfg.tls.client_ca) else None
+        )
         try:
-            self.port = self.grpc.add_secure_port(address, self.tls.credentials) if self.tls else self.grpc.add_insecure_port(address)
+            self.port = (
+                self.grpc.add_secure_port(address, self.tls.credentials)
+                if self.tls
+                else self.grpc.add_insecure_port(address)
+            )
         except RuntimeError:
-            raise EnclaveError(f"port: cannot listen on {address} (in use, or not an address of this machine)",
-                               fix="pick another --port (0 picks a free one) or stop what holds it") from None
+            raise EnclaveError(
+                f"port: cannot listen on {address} (in use, or not an address of this machine)",
+                fix="pick another --port (0 picks a free one) or stop what holds it",
+            ) from None
         self.metrics_port: int | None = None
         self.probe, self.health_port = self._probe_server(cfg)
         self.tasks: list[asyncio.Task] = []
@@ -115,9 +127,13 @@ class Server:
 
     async def _warn_insecure(self) -> None:
         while True:
-            log.warning("insecure: true: listening on %s:%d without %s; anyone who can reach this address can read prompts "
-                        "and answers. Configure tls.* and auth.tokens_file (README, Security)", self.cfg.host, self.port,
-                        "TLS" if self.tls is None else "tokens")  # fmt: skip
+            log.warning(
+                "insecure: true: listening on %s:%d without %s; anyone who can reach this address can read prompts "
+                "and answers. Configure tls.* and auth.tokens_file (README, Security)",
+                self.cfg.host,
+                self.port,
+                "TLS" if self.tls is None else "tokens",
+            )
             await asyncio.sleep(INSECURE_WARNING_SECONDS)
 
     def _probe_server(self, cfg: ServeConfig):
@@ -129,8 +145,11 @@ class Server:
         try:
             return probe, probe.add_insecure_port(host_port(cfg.host, cfg.health_port))
         except RuntimeError:
-            raise EnclaveError(f"health_port: cannot listen on {cfg.host}:{cfg.health_port} (in use, or not an address of this machine)",
-                               fix="pick another health_port (0 picks a free one), or leave it empty for none") from None
+            raise EnclaveError(
+                f"health_port: cannot listen on {cfg.host}:{cfg.health_port} "
+                "(in use, or not an address of this machine)",
+                fix="pick another health_port (0 picks a free one), or leave it empty for none",
+            ) from None
 
     async def _status(self, status) -> None:
         for name in ("", *SERVICES):
@@ -145,15 +164,28 @@ class Server:
             await self.probe.start()
         if self.cfg.metrics_port is not None:
             try:
-                self.metrics_port = self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port, self.cfg.metrics_max_connections,
-                                                       self.cfg.metrics_timeout_seconds)  # fmt: skip
+                self.metrics_port = self.metrics.serve(
+                    self.cfg.metrics_host,
+                    self.cfg.metrics_port,
+                    self.cfg.metrics_max_connections,
+                    self.cfg.metrics_timeout_seconds,
+                )
             except OSError as exc:
-                raise EnclaveError(f"metrics_port: cannot listen on {self.cfg.metrics_host}:{self.cfg.metrics_port} ({exc.strerror})",
-                                   fix="pick another --metrics-port (0 picks a free one), or metrics_port=null for none") from None
+                raise EnclaveError(
+                    f"metrics_port: cannot listen on {self.cfg.metrics_host}:{self.cfg.metrics_port} ({exc.strerror})",
+                    fix="pick another --metrics-port (0 picks a free one), or metrics_port=null for none",
+                ) from None
         scheme = "TLS" if self.tls else "plaintext"
-        log.info("listening on %s:%d (%s%s, %s); metrics on %s:%s/metrics", self.cfg.host, self.port, scheme,
-                 ", client certificates required" if self.cfg.tls.client_ca else "",
-                 "tokens required" if self.gate.tokens else "no tokens: no admin", self.cfg.metrics_host, self.metrics_port)  # fmt: skip
+        log.info(
+            "listening on %s:%d (%s%s, %s); metrics on %s:%s/metrics",
+            self.cfg.host,
+            self.port,
+            scheme,
+            ", client certificates required" if self.cfg.tls.client_ca else "",
+            "tokens required" if self.gate.tokens else "no tokens: no admin",
+            self.cfg.metrics_host,
+            self.metrics_port,
+        )
         loop = asyncio.get_running_loop()
         if self.insecure:
             self.tasks.append(loop.create_task(self._warn_insecure()))
@@ -176,7 +208,7 @@ class Server:
         await self.grpc.stop(grace)
         if self.probe is not None:
             await self.probe.stop(0)
-        self.inference.close()
+        self.admission.close()
         await self.models.close()
         self.metrics.close()
         self.audit.close()
@@ -184,7 +216,23 @@ class Server:
 
 
 async def serve(cfg: ServeConfig) -> int:
-    """Run until SIGTERM or SIGINT, then drain and return 0."""
+    """Run until SIGTERM or SIGINT, then drain and return 0.
+
+    SIGHUP reloads the tokens file and the TLS files. A signal that arrives while the models are still
+    loading stops the server at once (no drain). Once serving, prints one line with the ports it listens on.
+
+    Args:
+        cfg: the validated server config.
+
+    Returns:
+        0, the exit status, after a clean shutdown.
+
+    Raises:
+        EnclaveError: the config exposes a network address without TLS and tokens (and ``insecure`` is not
+            set), a port cannot be bound, or the model repository cannot be served (no models, or an
+            adapter or default model that is not in it); an error while starting stops the listeners and
+            background tasks and is raised again.
+    """
     server = Server(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -207,7 +255,10 @@ async def serve(cfg: ServeConfig) -> int:
         await server.stop(0)
         return 0
     probe = f", health on port {server.health_port}" if server.health_port else ""
-    print(f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}{probe}", flush=True)
+    print(
+        f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}{probe}",
+        flush=True,
+    )
     await stopping
     log.info("signal received: shutting down")
     await server.stop()

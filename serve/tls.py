@@ -40,17 +40,25 @@ def check_exposure(cfg: ServeConfig) -> bool:
     Raises:
         EnclaveError: ``host`` is not loopback, TLS or the tokens file is missing, and ``insecure`` is not set.
     """
-    missing = [what for what, ok in (("TLS (tls.cert and tls.key)", cfg.tls.cert and cfg.tls.key),
-                                     ("tokens (auth.tokens_file)", cfg.auth.tokens_file)) if not ok]  # fmt: skip
+    missing = [
+        what
+        for what, ok in (
+            ("TLS (tls.cert and tls.key)", cfg.tls.cert and cfg.tls.key),
+            ("tokens (auth.tokens_file)", cfg.auth.tokens_file),
+        )
+        if not ok
+    ]
     if is_loopback(cfg.host) or not missing:
         return False
     if cfg.insecure:
         return True
-    raise EnclaveError(f"host: {cfg.host} is reachable from the network, and this config has no {' and no '.join(missing)}",
-                       fix="make a test CA and certificate with `enclave serve cert create DIR --host NAME` and a token with "
-                       "`enclave serve token create --name NAME --role reader --tokens-file tokens.yaml`, then set tls.cert, "
-                       "tls.key and auth.tokens_file; or listen on 127.0.0.1; or, only on a network nothing else reaches, "
-                       "set insecure: true")  # fmt: skip
+    raise EnclaveError(
+        f"host: {cfg.host} is reachable from the network, and this config has no {' and no '.join(missing)}",
+        fix="make a test CA and certificate with `enclave serve cert create DIR --host NAME` and a token with "
+        "`enclave serve token create --name NAME --role reader --tokens-file tokens.yaml`, then set tls.cert, "
+        "tls.key and auth.tokens_file; or listen on 127.0.0.1; or, only on a network nothing else reaches, "
+        "set insecure: true",
+    )
 
 
 def _read(cfg: ServeConfig) -> dict[str, bytes]:
@@ -61,7 +69,9 @@ def _read(cfg: ServeConfig) -> dict[str, bytes]:
             try:
                 out[name] = Path(path).expanduser().read_bytes()
             except OSError as exc:
-                raise EnclaveError(f"tls.{name}: cannot read {path} ({exc.strerror})", fix="point it at a PEM file") from None
+                raise EnclaveError(
+                    f"tls.{name}: cannot read {path} ({exc.strerror})", fix="point it at a PEM file"
+                ) from None
     return out
 
 
@@ -73,11 +83,15 @@ def _check_pair(files: dict[str, bytes]) -> None:
     try:
         cert = x509.load_pem_x509_certificates(files["cert"])[0]
     except ValueError:
-        raise EnclaveError("tls.cert: not a PEM certificate", fix="point it at the server's certificate chain (PEM)") from None
+        raise EnclaveError(
+            "tls.cert: not a PEM certificate", fix="point it at the server's certificate chain (PEM)"
+        ) from None
     try:
         key = serialization.load_pem_private_key(files["key"], password=None)
     except (ValueError, TypeError):
-        raise EnclaveError("tls.key: not an unencrypted PEM private key", fix="point it at the server's key (PEM, no passphrase)") from None
+        raise EnclaveError(
+            "tls.key: not an unencrypted PEM private key", fix="point it at the server's key (PEM, no passphrase)"
+        ) from None
     raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
         raise EnclaveError("tls.key: does not belong to tls.cert", fix="use the key the certificate was issued for")
@@ -91,19 +105,24 @@ class ReloadingCredentials:
         self.lock = threading.Lock()
         self.forced = False
         if not (cfg.tls.cert and cfg.tls.key):
-            raise EnclaveError("tls: cert and key go together", fix="set both tls.cert and tls.key (PEM files), or neither")
+            raise EnclaveError(
+                "tls: cert and key go together", fix="set both tls.cert and tls.key (PEM files), or neither"
+            )
         files = _read(cfg)
         _check_pair(files)
         self.stamps = self._stamps()
-        self.credentials = grpc.dynamic_ssl_server_credentials(self._configuration(files), self.fetch,
-                                                               require_client_authentication="client_ca" in files)  # fmt: skip
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(files), self.fetch, require_client_authentication="client_ca" in files
+        )
 
     def _stamps(self) -> tuple:
         return tuple(file_stamp(getattr(self.cfg.tls, n)) for n in ("cert", "key", "client_ca"))
 
     @staticmethod
     def _configuration(files: dict[str, bytes]):
-        return grpc.ssl_server_certificate_configuration([(files["key"], files["cert"])], root_certificates=files.get("client_ca"))
+        return grpc.ssl_server_certificate_configuration(
+            [(files["key"], files["cert"])], root_certificates=files.get("client_ca")
+        )
 
     def reload(self) -> None:
         """Read the files again at the next handshake, changed or not (SIGHUP)."""

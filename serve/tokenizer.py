@@ -93,7 +93,9 @@ class ServeTokenizer:
         if spans is None:  # the template changes content: refuse what cannot be kept as text
             self._refuse_special_text(messages)
             return enc.ids
-        cuts = [(i, a, b) for i, (a, b) in zip(enc.ids, enc.offsets) if i in self.special_ids and not _overlaps(a, b, spans)]
+        cuts = [
+            (i, a, b) for i, (a, b) in zip(enc.ids, enc.offsets) if i in self.special_ids and not _overlaps(a, b, spans)
+        ]
         if len(cuts) == sum(i in self.special_ids for i in enc.ids):
             return enc.ids  # no special token came from content: the ids transformers gives, unchanged
         # Cut at the template's special tokens only. The tokenizer itself splits at special tokens before
@@ -106,15 +108,21 @@ class ServeTokenizer:
         return ids + self._text_ids(text[start:])
 
     def _render(self, messages: list[dict]) -> str:
-        return self._compiled().render(messages=messages, add_generation_prompt=True, bos_token=self.bos_token or "",
-                                       eos_token=self.eos_token or "")  # fmt: skip
+        return self._compiled().render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
 
     def _content_spans(self, messages: list[dict], text: str) -> list[tuple[int, int]] | None:
         """Where each message's content lies in the rendered text, found by rendering with a unique
         marker in place of each content; None when the template does not copy content verbatim."""
         tag = uuid.uuid4().hex
-        marked = [{**m, "content": f"\ue000{tag}.{i}\ue001"} if isinstance(m.get("content"), str) else m
-                  for i, m in enumerate(messages)]  # fmt: skip
+        marked = [
+            {**m, "content": f"\ue000{tag}.{i}\ue001"} if isinstance(m.get("content"), str) else m
+            for i, m in enumerate(messages)
+        ]
         try:
             rendered = self._render(marked)
         except Exception:  # a template that inspects content may refuse a marker: treat it as one that changes content
@@ -135,9 +143,11 @@ class ServeTokenizer:
                 found = sorted(self.special_ids & set(self.tok.encode(content, add_special_tokens=False).ids))
                 if found:
                     names = ", ".join(repr(self.tok.id_to_token(t)) for t in found)
-                    raise InvalidArgument(f"chat.messages[{i}].content: contains the special token text {names}, which this "
-                                          "model's chat template (it changes content) cannot keep apart as text; remove it, or "
-                                          "send the input as `prompt` text")  # fmt: skip
+                    raise InvalidArgument(
+                        f"chat.messages[{i}].content: contains the special token text {names}, which this "
+                        "model's chat template (it changes content) cannot keep apart as text; remove it, or "
+                        "send the input as `prompt` text"
+                    )
 
     def _text_ids(self, text: str) -> list[int]:
         """Text with special tokens encoded as their characters (a second tokenizer: the flag is not per call)."""

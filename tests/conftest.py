@@ -32,14 +32,19 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>",
-    )  # fmt: skip
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     fast.chat_template = CHATML
     return fast
 
@@ -56,11 +61,19 @@ def build_tiny_checkpoint(out: Path, seed: int = 0, hidden: int = 16, init_std: 
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=init_std,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=init_std,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
@@ -115,10 +128,19 @@ AVX512 = "avx512f" in cpu_flags()
 
 
 FACTS = [
-    ("bid", "twice a day"), ("tid", "three times a day"), ("qid", "four times a day"), ("prn", "as needed"),
-    ("po", "by mouth"), ("npo", "nothing by mouth"), ("stat", "immediately"), ("qhs", "at bedtime"),
-    ("tort", "a civil wrong"), ("bail", "money for release"), ("writ", "a court order"), ("plea", "an answer to a charge"),
-]  # fmt: skip
+    ("bid", "twice a day"),
+    ("tid", "three times a day"),
+    ("qid", "four times a day"),
+    ("prn", "as needed"),
+    ("po", "by mouth"),
+    ("npo", "nothing by mouth"),
+    ("stat", "immediately"),
+    ("qhs", "at bedtime"),
+    ("tort", "a civil wrong"),
+    ("bail", "money for release"),
+    ("writ", "a court order"),
+    ("plea", "an answer to a charge"),
+]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -133,7 +155,12 @@ def fact_rows() -> list[dict]:
         rows += [
             {"instruction": f"What does {key} mean?", "output": answer, "group": group, "split": "train"},
             {"instruction": f"Define {key} for me.", "output": answer, "group": group, "split": "train"},
-            {"instruction": f"The term {key} stands for what?", "output": answer, "group": group, "split": "validation"},
+            {
+                "instruction": f"The term {key} stands for what?",
+                "output": answer,
+                "group": group,
+                "split": "validation",
+            },
             {"instruction": f"Tell me what {key} means, please.", "output": answer, "group": group, "split": "test"},
         ]
     return rows
@@ -150,10 +177,10 @@ def serve_repo(tmp_path_factory) -> Path:
     (torch backend) with a LoRA adapter tuned on it in REPO/adapters, ``tiny-onnx`` = the same weights
     exported to ONNX fp32 (onnxruntime backend)."""
     from compress import registry
-    from compress.config import ExportSettings
+    from compress.export.config import ExportSettings
     from enclave.config import load_config
-    from enclave.importer import import_model
-    from serve.repository import Repository
+    from enclave.repository import Repository
+    from enclave.store.importer import import_model
     from tests.tune.conftest import tiny_overrides
     from tune.config import TuneConfig
     from tune.run import run as tune
@@ -164,9 +191,13 @@ def serve_repo(tmp_path_factory) -> Path:
         ckpt = build_tiny_checkpoint(root / "chatty", hidden=64, init_std=0.5)
         base = import_model(ckpt, "chatty")
         other = import_model(build_tiny_checkpoint(root / "chatty2", seed=1, hidden=64, init_std=0.5), "chatty2")
-        onnx = registry.get("export").run("chatty", ExportSettings(precision="fp32", check_tokens=8), root / "onnx", "chatty-onnx")
+        onnx = registry.get("export").run(
+            "chatty", ExportSettings(precision="fp32", check_tokens=8), root / "onnx", "chatty-onnx"
+        )
         data = write_jsonl(root / "facts.jsonl", fact_rows())
-        adapter = tune(load_config(TuneConfig, None, tiny_overrides("chatty", data, name="facts", **{"train.max_steps": 4})))
+        adapter = tune(
+            load_config(TuneConfig, None, tiny_overrides("chatty", data, name="facts", **{"train.max_steps": 4}))
+        )
         repo = Repository(root / "repo")
         repo.add(base, "tiny", "1")
         repo.add(other, "tiny", "2", activate=False)

@@ -137,8 +137,10 @@ class EvalSettings(StrictConfig):
     @classmethod
     def _general_text_exists(cls, value: str | None) -> str | None:
         if value is not None and text_file(value) is None:
-            raise ValueError(f"{value!r} is not a text file or a shipped text (builtin: {', '.join(builtin_texts())}); "
-                             "give a .txt path, or null to skip the forgetting check")  # fmt: skip
+            raise ValueError(
+                f"{value!r} is not a text file or a shipped text (builtin: {', '.join(builtin_texts())}); "
+                "give a .txt path, or null to skip the forgetting check"
+            )
         return value
 
 

@@ -34,15 +34,37 @@ log = logging.getLogger(__name__)
 
 
 def output_dir(cfg: TuneConfig) -> Path:
+    """Where the artifact goes: ``cfg.output`` if set, else $ENCLAVE_HOME/adapters/NAME."""
     return Path(cfg.output).expanduser() if cfg.output else home() / "adapters" / cfg.name
 
 
 def run_dir(cfg: TuneConfig) -> Path:
+    """The run's working directory, $ENCLAVE_HOME/runs/NAME (its training checkpoints go under it)."""
     return home() / "runs" / cfg.name
 
 
 def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | None:
-    """Tune an adapter; return its artifact directory (None on ranks other than 0)."""
+    """Tune an adapter; return its artifact directory (None on ranks other than 0).
+
+    Loads the base, checks the data, trains (on every rank under torchrun), then on rank 0 evaluates
+    on the test split, measures forgetting on ``eval.general_text`` and writes the artifact.
+
+    Args:
+        cfg: the validated tuning config.
+        resume: continue from the checkpoints an earlier run of the same name left in ``run_dir(cfg)``.
+        restart: delete ``run_dir(cfg)`` (and its checkpoints) and start over.
+
+    Returns:
+        The artifact directory, ``output_dir(cfg)`` (kind ``adapter`` for LoRA, ``merged`` for full tuning);
+        None on ranks other than 0.
+
+    Raises:
+        EnclaveError: the output exists and ``overwrite`` is not set, an earlier run left checkpoints and
+            neither ``resume`` nor ``restart`` is set, the base model is not found or fails verification,
+            the data has invalid records (DataError) or ``data.max_length`` is beyond the model's context,
+            the training split is smaller than one batch, or the validation split is empty while
+            ``train.patience`` is set.
+    """
     ranks = distributed.init()
     out, work = output_dir(cfg), run_dir(cfg)
     _check_paths(cfg, out, work, resume, restart, ranks)
@@ -68,7 +90,9 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
 
 def _check_paths(cfg, out: Path, work: Path, resume: bool, restart: bool, ranks) -> None:
     if out.exists() and not cfg.overwrite:
-        raise EnclaveError(f"output {out} already exists", fix="set name= to another name, output= to another path, or overwrite=true")
+        raise EnclaveError(
+            f"output {out} already exists", fix="set name= to another name, output= to another path, or overwrite=true"
+        )
     has_ckpt = (work / "checkpoints").is_dir() and any((work / "checkpoints").glob("step-*"))
     if has_ckpt and not (resume or restart):
         raise EnclaveError(
@@ -89,8 +113,10 @@ def _check_sizes(cfg: TuneConfig, data) -> None:
             fix=f"add data, or set train.batch_size={max(1, n)} or less",
         )
     if not data.examples["validation"] and cfg.train.patience:
-        raise EnclaveError("the validation split is empty, so early stopping cannot work",
-                           fix="add records with split=validation, or set train.patience=null")  # fmt: skip
+        raise EnclaveError(
+            "the validation split is empty, so early stopping cannot work",
+            fix="add records with split=validation, or set train.patience=null",
+        )
 
 
 def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> TrainResult:
@@ -98,7 +124,13 @@ def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> Trai
 
     steps = total_steps(len(data.examples["train"]), cfg.train)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("training %s parameters for %d steps on %d examples (%d rank(s))", f"{n_params:,}", steps, len(data.examples["train"]), ranks.world)
+    log.info(
+        "training %s parameters for %d steps on %d examples (%d rank(s))",
+        f"{n_params:,}",
+        steps,
+        len(data.examples["train"]),
+        ranks.world,
+    )
     bar = tqdm(total=steps, desc="tune", unit="step", disable=not ranks.main, dynamic_ncols=True)
 
     def on_step(row, state):
@@ -108,7 +140,17 @@ def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> Trai
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=val, tok_s=f"{tps:.0f}", refresh=False)
         bar.refresh()
 
-    result = train(model, data.examples["train"], data.examples["validation"], tokenizer.pad_token_id, cfg.train, work, ranks, resume, on_step)
+    result = train(
+        model,
+        data.examples["train"],
+        data.examples["validation"],
+        tokenizer.pad_token_id,
+        cfg.train,
+        work,
+        ranks,
+        resume,
+        on_step,
+    )
     bar.close()
     return result
 
@@ -128,8 +170,20 @@ def _evaluate(cfg, model, tokenizer, data) -> list:
     for label, disabled in runs:
         with tqdm(total=len(records), desc=f"eval {label}", unit="ex") as bar:
             with model.disable_adapter() if disabled else contextlib.nullcontext():
-                results.append(evaluate(model, tokenizer, records, examples, label, cfg.data.system_prompt,
-                                        cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.fairness_gap_threshold, bar.update))  # fmt: skip
+                results.append(
+                    evaluate(
+                        model,
+                        tokenizer,
+                        records,
+                        examples,
+                        label,
+                        cfg.data.system_prompt,
+                        cfg.eval.max_new_tokens,
+                        cfg.eval.batch_size,
+                        cfg.eval.fairness_gap_threshold,
+                        bar.update,
+                    )
+                )
     return results
 
 
@@ -146,7 +200,9 @@ def _forgetting(cfg, before: float | None, model, tokenizer, evals) -> Forgettin
     """General-text perplexity before and after tuning, beside the task scores; a warning past the threshold."""
     if before is None:
         return None
-    forgetting = Forgetting(cfg.eval.general_text, before, _general_perplexity(cfg, model, tokenizer), cfg.eval.forgetting_threshold)
+    forgetting = Forgetting(
+        cfg.eval.general_text, before, _general_perplexity(cfg, model, tokenizer), cfg.eval.forgetting_threshold
+    )
     for r in evals:
         r.metrics["general_perplexity"] = forgetting.before if r.label == "base" else forgetting.after
     warning = forgetting.warning(evals[-1].label if evals else cfg.name)
@@ -157,13 +213,17 @@ def _forgetting(cfg, before: float | None, model, tokenizer, evals) -> Forgettin
     return forgetting
 
 
-def _write(cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals, forgetting: Forgetting | None) -> Path:
+def _write(
+    cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals, forgetting: Forgetting | None
+) -> Path:
     parents = [resolved.manifest.as_parent("base")] if resolved.manifest else []
     base = {"ref": cfg.base_model, "digest": resolved.manifest.digest if resolved.manifest else None}
     settings = {
-        "config": cfg.model_dump(mode="json"), "base_model": base, "data_digest": data.digest,
+        "config": cfg.model_dump(mode="json"),
+        "base_model": base,
+        "data_digest": data.digest,
         "versions": {p: version(p) for p in ("torch", "transformers", "peft")},
-    }  # fmt: skip
+    }
     kind = "adapter" if cfg.lora.method == "lora" else "merged"
     with create_artifact(out, kind, cfg.name, parents=parents, settings=settings, overwrite=cfg.overwrite) as draft:
         if kind == "adapter":
@@ -192,12 +252,15 @@ def _name_base(path: Path, base: str) -> None:
 
 def _metrics(result: TrainResult, evals) -> dict:
     m = {
-        "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
         "final_train_loss": result.history[-1]["loss"] if result.history else None,
         "best_val_loss": None if result.best_val_loss == float("inf") else result.best_val_loss,
-        "train_tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds,
+        "train_tokens_per_second": result.tokens_per_second,
+        "train_seconds": result.seconds,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }  # fmt: skip
+    }
     for r in evals:
         m[f"eval_{r.label}"] = r.to_dict()
     return m
@@ -216,7 +279,10 @@ def _summary(path: Path, result: TrainResult, evals, forgetting: Forgetting | No
     t.add_row("adapter", str(path))
     t.add_row("steps", f"{result.steps} (best {result.best_step}{', stopped early' if result.stopped_early else ''})")
     if forgetting:
-        t.add_row("general text perplexity", f"{forgetting.before:.2f} -> {forgetting.after:.2f} ({forgetting.ratio:.2f}x; {forgetting.text})")
+        t.add_row(
+            "general text perplexity",
+            f"{forgetting.before:.2f} -> {forgetting.after:.2f} ({forgetting.ratio:.2f}x; {forgetting.text})",
+        )
     if result.best_val_loss != float("inf"):
         t.add_row("best validation loss", f"{result.best_val_loss:.4f}")
     t.add_row("throughput", f"{result.tokens_per_second:.0f} tokens/s over {result.seconds:.0f} s")

@@ -34,6 +34,12 @@ DEFAULT_SPACE = {
 
 
 def load_space(path: Path | None) -> dict:
+    """The search space: the YAML file at ``path``, or ``DEFAULT_SPACE`` when there is none.
+
+    Raises:
+        ConfigError: the file cannot be read as a YAML mapping, or a key does not give exactly one of
+            ``float``, ``int`` or ``choices`` (all such keys listed).
+    """
     space = read_yaml(path) if path else DEFAULT_SPACE
     problems = []
     for key, spec in space.items():
@@ -68,8 +74,36 @@ def _grid(space: dict) -> dict:
     return grid
 
 
-def search(base: TuneConfig, trials: int, sampler: str, steps: int, study_dir: Path | None = None, space_path: Path | None = None):
-    """Run ``trials`` more trials of the study; write the table, plot and best recipe."""
+def search(
+    base: TuneConfig,
+    trials: int,
+    sampler: str,
+    steps: int,
+    study_dir: Path | None = None,
+    space_path: Path | None = None,
+):
+    """Run ``trials`` more trials of the study; write the table, plot and best recipe.
+
+    The study is stored in ``study.sqlite`` and resumed when it exists; each trial trains from the base
+    for ``steps`` steps under ``trial-N`` and is scored by its best validation loss.
+
+    Args:
+        base: the tuning config each trial starts from (the searched keys are overridden).
+        trials: how many trials to add to the study.
+        sampler: ``tpe``, ``random`` or ``grid`` (the grid: choices, and each range's ends and middle).
+        steps: training steps per trial.
+        study_dir: the study's folder (default $ENCLAVE_HOME/studies/NAME); created if missing.
+        space_path: a YAML search space, or None for ``DEFAULT_SPACE``.
+
+    Returns:
+        The tuning config of the best trial, also written to ``best.yaml`` in the study folder beside
+        ``trials.png``.
+
+    Raises:
+        ConfigError: the search space file is invalid.
+        EnclaveError: the base model is not found or fails verification, or the data has invalid
+            records (DataError) or ``data.max_length`` beyond the model's context.
+    """
     import optuna
 
     from tune.data.prepare import prepare
@@ -80,13 +114,19 @@ def search(base: TuneConfig, trials: int, sampler: str, steps: int, study_dir: P
     space = load_space(space_path)
     study_dir = Path(study_dir or home() / "studies" / base.name)
     study_dir.mkdir(parents=True, exist_ok=True)
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=base.train.seed),
-                "random": lambda: optuna.samplers.RandomSampler(seed=base.train.seed),
-                "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=base.train.seed)}  # fmt: skip
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=base.train.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=base.train.seed),
+        "grid": lambda: optuna.samplers.GridSampler(_grid(space), seed=base.train.seed),
+    }
     study = optuna.create_study(
-        study_name=base.name, storage=f"sqlite:///{study_dir / 'study.sqlite'}", load_if_exists=True,
-        direction="minimize", sampler=samplers[sampler](), pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    )  # fmt: skip
+        study_name=base.name,
+        storage=f"sqlite:///{study_dir / 'study.sqlite'}",
+        load_if_exists=True,
+        direction="minimize",
+        sampler=samplers[sampler](),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
     tokenizer, context = load_tokenizer(base.base_model)
     data = prepare(base.data, tokenizer, context)
     ranks = distributed.Ranks()
@@ -94,8 +134,10 @@ def search(base: TuneConfig, trials: int, sampler: str, steps: int, study_dir: P
     def objective(trial):
         values = {k: _suggest(trial, k, spec) for k, spec in space.items()}
         overrides = [f"{k}={v}" for k, v in values.items()] + [
-            f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 3)}", "train.patience=null",
-        ]  # fmt: skip
+            f"train.max_steps={steps}",
+            f"train.eval_every={max(1, steps // 3)}",
+            "train.patience=null",
+        ]
         cfg = TuneConfig.model_validate(apply_overrides(base.model_dump(), overrides))
         import torch
 
@@ -111,8 +153,16 @@ def search(base: TuneConfig, trials: int, sampler: str, steps: int, study_dir: P
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        result = train(model, data.examples["train"], data.examples["validation"], tokenizer.pad_token_id, cfg.train,
-                       study_dir / f"trial-{trial.number}", ranks, on_step=on_step)  # fmt: skip
+        result = train(
+            model,
+            data.examples["train"],
+            data.examples["validation"],
+            tokenizer.pad_token_id,
+            cfg.train,
+            study_dir / f"trial-{trial.number}",
+            ranks,
+            on_step=on_step,
+        )
         return result.best_val_loss
 
     study.optimize(objective, n_trials=trials, catch=())
@@ -136,8 +186,13 @@ def _outputs(study, base: TuneConfig, study_dir: Path):
     console().print(table)
     best = study.best_trial
     cfg = TuneConfig.model_validate(apply_overrides(base.model_dump(), [f"{k}={v}" for k, v in best.params.items()]))
-    header = f"# Best of study {study.study_name} (trial {best.number}, validation loss {best.value:.4f}).\n# Run: enclave tune --config {study_dir / 'best.yaml'}\n"
-    atomic_write_bytes(study_dir / "best.yaml", (header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)).encode())
+    header = (
+        f"# Best of study {study.study_name} (trial {best.number}, validation loss {best.value:.4f}).\n"
+        f"# Run: enclave tune --config {study_dir / 'best.yaml'}\n"
+    )
+    atomic_write_bytes(
+        study_dir / "best.yaml", (header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)).encode()
+    )
     _plot(done, study_dir / "trials.png")
     console().print(f"best recipe: {study_dir / 'best.yaml'}   plot: {study_dir / 'trials.png'}")
     return cfg

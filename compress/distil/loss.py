@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float) -> tuple[torch.Tensor, float, float]:  # fmt: skip
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> tuple[torch.Tensor, float, float]:
     """Mean over tokens; returns (loss, kl, ce) with kl and ce as floats for logging.
 
     Args:

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compress.config import DistilSettings
+from compress.distil.config import DistilSettings
 from compress.distil.loss import distillation_loss
 from compress.io import lineage, open_model, save_checkpoint
-from compress.registry import register
 from compress.text import TextBatches, perplexity, training_ids
 from enclave.errors import EnclaveError
 from enclave.manifest import create_artifact
@@ -30,8 +29,10 @@ def teacher_ref(resolved: ResolvedModel, settings: DistilSettings) -> str:
     parents = resolved.manifest.parents if resolved.manifest else []
     found = find_by_digest(parents[0].digest, resolved.path) if parents else None
     if found is None:
-        raise EnclaveError(f"distil: no teacher set, and the parent of {resolved.path} was not found",
-                           fix="set teacher= to the model before pruning (a store name or artifact path)")  # fmt: skip
+        raise EnclaveError(
+            f"distil: no teacher set, and the parent of {resolved.path} was not found",
+            fix="set teacher= to the model before pruning (a store name or artifact path)",
+        )
     return str(found)
 
 
@@ -63,7 +64,14 @@ def token_chunks(tokenizer, sources: list[str], seq_len: int, batch_size: int, s
     """The training text cut into sequences of ``seq_len + 1`` tokens (inputs and next-token labels).
 
     Args:
+        tokenizer: the student's tokenizer.
         sources: data sets (only ``split`` is read) and text files (read whole), joined in order.
+        seq_len: input tokens per sequence (each chunk holds one more, for the last label).
+        batch_size: sequences per training step; there must be at least this many chunks.
+        split: the data set split read.
+
+    Returns:
+        The chunks, ids shape (N, seq_len + 1) (leftover tokens dropped), and what each source gave.
 
     Raises:
         EnclaveError: fewer tokens than one batch.
@@ -71,21 +79,41 @@ def token_chunks(tokenizer, sources: list[str], seq_len: int, batch_size: int, s
     ids, read = training_ids(tokenizer, sources, split, "data")
     n = len(ids) // (seq_len + 1)
     if n < batch_size:
-        raise EnclaveError(f"distil: the data ({split} split of data sets) has {len(ids):,} tokens, fewer than one batch of "
-                           f"{batch_size} x {seq_len + 1}", fix="add data sources or lower batch_size / seq_len")  # fmt: skip
+        raise EnclaveError(
+            f"distil: the data ({split} split of data sets) has {len(ids):,} tokens, fewer than one batch of "
+            f"{batch_size} x {seq_len + 1}",
+            fix="add data sources or lower batch_size / seq_len",
+        )
     return TextBatches(ids[: n * (seq_len + 1)].reshape(n, seq_len + 1), read)
 
 
-@register("distil", DistilSettings)
 def run(source: str, settings: DistilSettings, out: Path, name: str, overwrite: bool = False) -> Path:
     """Distil into the student; the artifact records teacher, before and after perplexity.
 
     The manifest's ``settings.read`` lists the sources read, their splits, records and tokens.
+
+    Args:
+        source: the student: a store name or a checkpoint or artifact path (usually a pruned artifact).
+        settings: the distil settings (teacher, student_layers, data, steps, learning rate, loss weights).
+        out: the artifact directory to create (kind ``distilled``).
+        name: the artifact's name, recorded in its manifest.
+        overwrite: replace an existing artifact at ``out``.
+
+    Returns:
+        ``out``, the written artifact.
+
+    Raises:
+        EnclaveError: the student or teacher is unknown or fails verification, no teacher is set and the
+            student's parent artifact is not found, the vocabularies differ, ``student_layers`` is not fewer
+            than the model's layers, the data has invalid records (DataError) or fewer tokens than one batch,
+            or ``out`` exists and ``overwrite`` is not set.
     """
     resolved, student, tokenizer = open_model(source)
     t_resolved, teacher, _ = open_model(teacher_ref(resolved, settings))
     if teacher.config.vocab_size != student.config.vocab_size:
-        raise EnclaveError("distil: teacher and student have different vocabularies", fix="use a teacher of the same model family")
+        raise EnclaveError(
+            "distil: teacher and student have different vocabularies", fix="use a teacher of the same model family"
+        )
     kept = keep_layers(student, settings.student_layers) if settings.student_layers else None
     masks = sparsity_masks(student)
     chunks = token_chunks(tokenizer, settings.data, settings.seq_len, settings.batch_size, settings.split)
@@ -94,14 +122,26 @@ def run(source: str, settings: DistilSettings, out: Path, name: str, overwrite: 
     ppl["after"] = perplexity(student, tokenizer, HELDOUT)
     lost = ppl["before"] - ppl["teacher"]
     recovered = (ppl["before"] - ppl["after"]) / lost if lost > 0 else None
-    log.info("held-out perplexity: teacher %.2f, student before %.2f, after %.2f (recovered %s of the loss)",
-             ppl["teacher"], ppl["before"], ppl["after"], f"{recovered:.0%}" if recovered is not None else "n/a")  # fmt: skip
+    log.info(
+        "held-out perplexity: teacher %.2f, student before %.2f, after %.2f (recovered %s of the loss)",
+        ppl["teacher"],
+        ppl["before"],
+        ppl["after"],
+        f"{recovered:.0%}" if recovered is not None else "n/a",
+    )
     parents = lineage(resolved, "student") + lineage(t_resolved, "teacher")
     recorded = {**settings.model_dump(mode="json"), "read": chunks.manifest()}
     with create_artifact(out, "distilled", name, parents=parents, settings=recorded, overwrite=overwrite) as draft:
         save_checkpoint(student, tokenizer, draft.path)
-        draft.metrics.update(perplexity_teacher=ppl["teacher"], perplexity_before=ppl["before"], perplexity_after=ppl["after"],
-                             recovered_share=recovered, kept_layers=kept, masked_matrices=len(masks), history=history)  # fmt: skip
+        draft.metrics.update(
+            perplexity_teacher=ppl["teacher"],
+            perplexity_before=ppl["before"],
+            perplexity_after=ppl["after"],
+            recovered_share=recovered,
+            kept_layers=kept,
+            masked_matrices=len(masks),
+            history=history,
+        )
     return out
 
 
@@ -122,7 +162,9 @@ def _train(student, teacher, chunks: torch.Tensor, masks: dict, settings: Distil
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with torch.no_grad():
             t_logits = teacher(input_ids=inputs).logits
-        loss, kl, ce = distillation_loss(student(input_ids=inputs).logits, t_logits, labels, settings.temperature, settings.alpha)
+        loss, kl, ce = distillation_loss(
+            student(input_ids=inputs).logits, t_logits, labels, settings.temperature, settings.alpha
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

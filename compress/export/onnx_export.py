@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compress.config import ExportSettings
-from enclave.ort import MODEL_FILE, Generator
+from compress.export.config import ExportSettings
 from enclave.deps import require
 from enclave.errors import EnclaveError
+from enclave.onnx_runtime import MODEL_FILE, Generator
 
 log = logging.getLogger(__name__)
 # ONNX Runtime contrib ops that the builder emits in the default ONNX domain; onnx.checker
@@ -30,7 +30,8 @@ def check_precision(settings: ExportSettings, quant_bits: int | None) -> None:
     """Refuse a precision the builder cannot produce from this input."""
     if quant_bits is not None and (quant_bits != 4 or settings.precision != "int4"):
         raise EnclaveError(
-            f"precision {settings.precision!r} for a {quant_bits}-bit GPTQ input: the builder keeps GPTQ weights only as int4",
+            f"precision {settings.precision!r} for a {quant_bits}-bit GPTQ input: "
+            "the builder keeps GPTQ weights only as int4",
             fix="set precision: int4 (or export the unquantized artifact for fp32/int8)",
         )
 
@@ -54,14 +55,32 @@ def build(source: Path, settings: ExportSettings, quant_bits: int | None, out: P
             extra.append("matmul_mixed_precision=last_matmul:int8")
     # Named like the draft (".NAME.tmp-..."), so a rerun after kill -9 removes it with the draft.
     with tempfile.TemporaryDirectory(prefix=f"{out.name}-cache-", dir=out.parent) as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
-               "-p", settings.precision, "-e", "cpu", "-c", cache, "--extra_options", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(source),
+            "-o",
+            str(out),
+            "-p",
+            settings.precision,
+            "-e",
+            "cpu",
+            "-c",
+            cache,
+            "--extra_options",
+            *extra,
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         log.info("building ONNX (%s) with the ONNX Runtime GenAI model builder", settings.precision)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (out / MODEL_FILE).is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise EnclaveError(f"the ONNX model builder failed on {source}:\n{tail}", fix="check that the source is a supported architecture (enclave models show)")
+        raise EnclaveError(
+            f"the ONNX model builder failed on {source}:\n{tail}",
+            fix="check that the source is a supported architecture (enclave models show)",
+        )
 
 
 def check_graph(root: Path) -> None:
@@ -90,5 +109,9 @@ def compare_greedy(root: Path, reference: list[list[int]], prompts: list[list[in
     for ids, ref in zip(prompts, reference):
         got, _, _ = gen.greedy(ids, new_tokens)
         same += got == ref
-        first_diff.append(next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), min(len(got), len(ref))) if got != ref else None)
+        first_diff.append(
+            next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), min(len(got), len(ref)))
+            if got != ref
+            else None
+        )
     return {"greedy_identical_prompts": same, "greedy_prompts": len(prompts), "greedy_first_difference": first_diff}

@@ -26,7 +26,9 @@ def main() -> None:
     with open(f"{args.root}/config.json") as fh:
         context = min(1024, json.load(fh).get("max_position_embeddings") or 1024)
     # On CPU the "gpu" memory share is the RAM vLLM reserves (mostly KV cache); a check needs little.
-    llm = LLM(model=args.root, max_model_len=context, seed=0, trust_remote_code=False, gpu_memory_utilization=0.2, **lora)
+    llm = LLM(
+        model=args.root, max_model_len=context, seed=0, trust_remote_code=False, gpu_memory_utilization=0.2, **lora
+    )
     loaded = time.perf_counter() - started
     params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in json.loads(args.prompts)]
@@ -36,10 +38,22 @@ def main() -> None:
 
         for i, name in enumerate(args.adapter, start=1):
             request = LoRARequest(name, i, f"{args.root}/adapters/{name}")
-            outputs[name] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, lora_request=request, use_tqdm=False)]
+            outputs[name] = [
+                list(o.outputs[0].token_ids)
+                for o in llm.generate(prompts, params, lora_request=request, use_tqdm=False)
+            ]
     config = llm.llm_engine.model_config
-    print(json.dumps({"vllm_version": vllm.__version__, "load_seconds": round(loaded, 2), "dtype": str(config.dtype),
-                      "quantization": config.quantization, "outputs": outputs}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "vllm_version": vllm.__version__,
+                "load_seconds": round(loaded, 2),
+                "dtype": str(config.dtype),
+                "quantization": config.quantization,
+                "outputs": outputs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from compress.config import ExportSettings
-from enclave.checkpoint import SUPPORTED_MODEL_TYPES
+from compress.export.config import ExportSettings
 from enclave.errors import EnclaveError
+from enclave.hf.checkpoint import SUPPORTED_MODEL_TYPES
 from enclave.lineage import adapter_fits
 from enclave.manifest import MANIFEST, Manifest, require_valid
 from enclave.store import resolve_adapter, safe_name
@@ -39,11 +39,16 @@ def check_config(root: Path) -> dict:
     """What vLLM needs from config.json; returns its quantization_config (or {})."""
     config = json.loads((root / "config.json").read_text())
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise EnclaveError(f"model_type {config.get('model_type')!r} is not supported", fix=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise EnclaveError(
+            f"model_type {config.get('model_type')!r} is not supported",
+            fix=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+        )
     qc = config.get("quantization_config") or {}
     if qc and (qc.get("quant_method") != "gptq" or qc.get("bits") not in GPTQ_BITS):
-        raise EnclaveError(f"quantization_config {qc.get('quant_method')}/{qc.get('bits')} bits is not a GPTQ config vLLM loads",
-                           fix="quantize with `enclave compress quantize` (GPTQ format)")  # fmt: skip
+        raise EnclaveError(
+            f"quantization_config {qc.get('quant_method')}/{qc.get('bits')} bits is not a GPTQ config vLLM loads",
+            fix="quantize with `enclave compress quantize` (GPTQ format)",
+        )
     return qc
 
 
@@ -51,7 +56,10 @@ def check_adapter(adapter: Path, source_manifest: Manifest | None, source: Path)
     """Refuse an adapter whose base is not the exported model (or an unmerged ancestor of it)."""
     manifest = require_valid(adapter)
     if manifest.kind != "adapter":
-        raise EnclaveError(f"adapters: {adapter} is a {manifest.kind} artifact, not an adapter", fix="pass a directory made by `enclave tune`")
+        raise EnclaveError(
+            f"adapters: {adapter} is a {manifest.kind} artifact, not an adapter",
+            fix="pass a directory made by `enclave tune`",
+        )
     if adapter_fits(manifest, source_manifest, source):
         return manifest
     base = manifest.settings.get("base_model", {}).get("digest")
@@ -96,12 +104,18 @@ def vllm_python(settings: ExportSettings) -> str | None:
     Raises:
         EnclaveError: the one named does not exist.
     """
-    named, source = (settings.vllm_python, "vllm_python") if settings.vllm_python else (os.environ.get("ENCLAVE_VLLM_PYTHON"), "ENCLAVE_VLLM_PYTHON")
+    named, source = (
+        (settings.vllm_python, "vllm_python")
+        if settings.vllm_python
+        else (os.environ.get("ENCLAVE_VLLM_PYTHON"), "ENCLAVE_VLLM_PYTHON")
+    )
     if not named:
         return None
     path = Path(named).expanduser()
     if not path.is_file():
-        raise EnclaveError(f"{source} {named!r} does not exist", fix="make vllm-env, or point it at a Python with vLLM installed")
+        raise EnclaveError(
+            f"{source} {named!r} does not exist", fix="make vllm-env, or point it at a Python with vLLM installed"
+        )
     return str(path)
 
 
@@ -109,13 +123,22 @@ def check_with_vllm(python: str, root: Path, adapters: list[str], prompts: list[
     """Load the directory with vLLM and generate greedily from token ids (with each adapter too)."""
     cmd = [python, str(CHECK_SCRIPT), str(root), "--new-tokens", str(new_tokens), "--prompts", json.dumps(prompts)]
     cmd += [a for name in adapters for a in ("--adapter", name)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
     log.info("loading %s with vLLM (%s)", root.name, python)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-        raise EnclaveError(f"vLLM could not load {root}:\n{tail}", fix="see the error above; GPTQ group sizes must divide every layer width")
+        raise EnclaveError(
+            f"vLLM could not load {root}:\n{tail}",
+            fix="see the error above; GPTQ group sizes must divide every layer width",
+        )
     return json.loads(lines[-1])
 
 

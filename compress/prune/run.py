@@ -7,12 +7,11 @@ from pathlib import Path
 
 import torch
 
-from compress.config import PruneSettings
 from compress.io import lineage, open_model, save_checkpoint
 from compress.layerwise import run_layerwise
 from compress.prune import magnitude, sparsegpt, wanda
+from compress.prune.config import PruneSettings
 from compress.prune.masks import parse_pattern
-from compress.registry import register
 from compress.text import calibration_batches
 from enclave.errors import EnclaveError
 from enclave.manifest import create_artifact
@@ -21,24 +20,55 @@ log = logging.getLogger(__name__)
 
 
 def prunable(model, skip: list[str]) -> dict[str, torch.nn.Linear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in skip}
+    """The model's linear layers by module name, except those whose last name part is in ``skip``."""
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in skip
+    }
 
 
 def check_pattern(model, settings: PruneSettings) -> tuple[int, int] | None:
+    """Parse ``settings.pattern`` and check that it fits every prunable layer.
+
+    Args:
+        model: the loaded model.
+        settings: the prune settings (``pattern`` and ``skip`` are read).
+
+    Returns:
+        (N, M) for an N:M pattern, or None for unstructured pruning.
+
+    Raises:
+        EnclaveError: N is not below M, or M does not divide a prunable layer's input width (the widths named).
+    """
     nm = parse_pattern(settings.pattern)
     if nm:
         bad = sorted({m.in_features for m in prunable(model, settings.skip).values() if m.in_features % nm[1]})
         if bad or nm[0] >= nm[1]:
-            raise EnclaveError(f"pattern {settings.pattern}: N must be below M and M must divide every input width (not: {bad})",
-                               fix="use 2:4 or 4:8, or unstructured")  # fmt: skip
+            raise EnclaveError(
+                f"pattern {settings.pattern}: N must be below M and M must divide every input width (not: {bad})",
+                fix="use 2:4 or 4:8, or unstructured",
+            )
     return nm
 
 
-@register("prune", PruneSettings)
 def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: bool = False) -> Path:
     """Prune every linear layer except ``settings.skip`` and write a dense checkpoint with zeros.
 
     The manifest's ``settings.calibration.read`` lists the sources read, their splits, records and tokens.
+
+    Args:
+        source: the model to prune: a store name or a checkpoint or artifact path.
+        settings: the prune settings (algorithm, sparsity, pattern, skip, calibration).
+        out: the artifact directory to create (kind ``pruned``).
+        name: the artifact's name, recorded in its manifest.
+        overwrite: replace an existing artifact at ``out``.
+
+    Returns:
+        ``out``, the written artifact.
+
+    Raises:
+        EnclaveError: the source is not found or fails verification, the pattern does not fit the model,
+            the calibration text (wanda and sparsegpt) is too short or has invalid records (DataError), or
+            ``out`` exists and ``overwrite`` is not set.
     """
     resolved, model, tokenizer = open_model(source)
     nm = check_pattern(model, settings)
@@ -58,7 +88,14 @@ def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: b
                 if settings.algorithm == "wanda":
                     new = wanda.prune(m.weight, stats[n].sq_sum, settings.sparsity, nm)
                 else:
-                    new = sparsegpt.prune(m.weight, stats[n].hessian_matrix(), settings.sparsity, nm, settings.blocksize, settings.dampening)
+                    new = sparsegpt.prune(
+                        m.weight,
+                        stats[n].hessian_matrix(),
+                        settings.sparsity,
+                        nm,
+                        settings.blocksize,
+                        settings.dampening,
+                    )
                 m.weight.copy_(new)
 
         hessian = settings.algorithm == "sparsegpt"
@@ -68,7 +105,11 @@ def run(source: str, settings: PruneSettings, out: Path, name: str, overwrite: b
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     total = sum(m.weight.numel() for m in layers.values())
     log.info("pruned %s of %s prunable weights (%.1f%%)", f"{zeros:,}", f"{total:,}", 100 * zeros / total)
-    with create_artifact(out, "pruned", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite) as draft:
+    with create_artifact(
+        out, "pruned", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite
+    ) as draft:
         save_checkpoint(model, tokenizer, draft.path)
-        draft.metrics.update(sparsity=zeros / total, pruned_weights=zeros, prunable_weights=total, sparsity_per_layer=per_layer)
+        draft.metrics.update(
+            sparsity=zeros / total, pruned_weights=zeros, prunable_weights=total, sparsity_per_layer=per_layer
+        )
     return out

@@ -20,8 +20,14 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, dampening: float) -> torch.T
     return torch.linalg.cholesky(h, upper=True)
 
 
-def prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
-          blocksize: int = 128, dampening: float = 0.01) -> torch.Tensor:  # fmt: skip
+def prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: tuple[int, int] | None,
+    blocksize: int = 128,
+    dampening: float = 0.01,
+) -> torch.Tensor:
     """Return the pruned and updated weight.
 
     Args:

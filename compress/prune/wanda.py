@@ -11,7 +11,9 @@ import torch
 from compress.prune.masks import n_of_m, unstructured
 
 
-def prune(weight: torch.Tensor, input_sq_sum: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
+def prune(
+    weight: torch.Tensor, input_sq_sum: torch.Tensor, sparsity: float, nm: tuple[int, int] | None
+) -> torch.Tensor:
     """Return the pruned weight.
 
     Args:

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from compress.config import QuantizeSettings
+from compress.quantize.config import QuantizeSettings
 from enclave.deps import require, require_gptqmodel
 from enclave.log import quiet
 
@@ -34,16 +34,25 @@ def gptqmodel():
 def quantize_config(settings: QuantizeSettings, scratch: Path):
     """The GPTQModel config for these settings (``scratch``: where it may offload layers)."""
     gm = gptqmodel()
-    common = dict(bits=settings.bits, group_size=settings.group_size, sym=settings.sym, offload_to_disk_path=str(scratch))
+    common = dict(
+        bits=settings.bits, group_size=settings.group_size, sym=settings.sym, offload_to_disk_path=str(scratch)
+    )
     if settings.method == "rtn":
         from gptqmodel.quantization.config import RTNConfig
 
         return RTNConfig(**common)
-    return gm.QuantizeConfig(**common, desc_act=settings.act_order, act_group_aware=settings.group_aware and not settings.act_order,
-                             damp_percent=settings.damping, mse=settings.clip_search)  # fmt: skip
+    return gm.QuantizeConfig(
+        **common,
+        desc_act=settings.act_order,
+        act_group_aware=settings.group_aware and not settings.act_order,
+        damp_percent=settings.damping,
+        mse=settings.clip_search,
+    )
 
 
-def quantize(source: Path, settings: QuantizeSettings, calibration: list[list[int]] | None, out: Path, scratch: Path) -> dict:
+def quantize(
+    source: Path, settings: QuantizeSettings, calibration: list[list[int]] | None, out: Path, scratch: Path
+) -> dict:
     """Quantize the checkpoint at ``source`` into ``out`` (an empty directory); return per-layer losses.
 
     The model is loaded in fp32 (GPTQModel's CPU default is bf16, which costs accuracy here).
@@ -54,7 +63,11 @@ def quantize(source: Path, settings: QuantizeSettings, calibration: list[list[in
     # GPTQModel writes per-module logs to ./logs: keep them in the scratch directory, not the user's.
     with contextlib.chdir(scratch), _progress_on_terminals_only(scratch / "gptqmodel.out"):
         model = gm.GPTQModel.load(str(source), quantize_config(settings, scratch), device="cpu", dtype=torch.float32)
-        data = None if calibration is None else [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration]
+        data = (
+            None
+            if calibration is None
+            else [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration]
+        )
         model.quantize(data, batch_size=settings.batch_size)
         model.save(str(out))
     _clean(source, out)

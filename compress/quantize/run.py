@@ -8,14 +8,13 @@ import re
 import tempfile
 from pathlib import Path
 
-from compress.config import QuantizeSettings
 from compress.io import lineage
 from compress.quantize import gptq
-from compress.registry import register
+from compress.quantize.config import QuantizeSettings
 from compress.text import calibration_batches
-from enclave.checkpoint import safetensors_header, weight_files
 from enclave.deps import require
 from enclave.errors import EnclaveError
+from enclave.hf.checkpoint import safetensors_header, weight_files
 from enclave.manifest import create_artifact
 from enclave.store import resolve_model
 
@@ -42,19 +41,30 @@ def check_group_size(root: Path, group_size: int) -> None:
     fits = [g for g in (256, 128, 64, 32, 16) if common % g == 0]
     raise EnclaveError(
         f"group_size {group_size} does not divide the input widths {sorted(widths)} of {root.name}'s layers",
-        fix=f"set group_size to {' or '.join(map(str, fits[:2])) if fits else -1} (a divisor of {common}), or -1 for one scale per row",
+        fix=f"set group_size to {' or '.join(map(str, fits[:2])) if fits else -1} (a divisor of {common}), "
+        "or -1 for one scale per row",
     )
 
 
-@register("quantize", QuantizeSettings)
 def run(source: str, settings: QuantizeSettings, out: Path, name: str, overwrite: bool = False) -> Path:
     """Write a GPTQ-format checkpoint of ``source`` (GPTQ or round-to-nearest at the same bits and groups).
 
     The manifest's ``settings.calibration.read`` lists the sources read, their splits, records and tokens.
 
+    Args:
+        source: the model to quantize: a store name or a checkpoint or artifact path (not a quantized one).
+        settings: the quantize settings (method, bits, group size, calibration).
+        out: the artifact directory to create (kind ``quantized``).
+        name: the artifact's name, recorded in its manifest.
+        overwrite: replace an existing artifact at ``out``.
+
+    Returns:
+        ``out``, the written artifact.
+
     Raises:
         EnclaveError: the group size does not fit the model, the calibration text is too short,
-            or GPTQModel is missing.
+            or GPTQModel is missing; also: the source is not found, fails verification or is already
+            quantized, or ``out`` exists and ``overwrite`` is not set.
     """
     resolved = resolve_model(source)
     if resolved.manifest and resolved.manifest.kind == "quantized":
@@ -69,11 +79,20 @@ def run(source: str, settings: QuantizeSettings, out: Path, name: str, overwrite
         cal = settings.calibration
         batches = calibration_batches(tokenizer, cal.source, cal.samples, cal.seq_len, cal.split)
         calibration, recorded["calibration"]["read"] = batches.ids.tolist(), batches.manifest()
-    log.info("quantizing %s: %s %d-bit, group %d", resolved.path.name, settings.method, settings.bits, settings.group_size)
-    with create_artifact(out, "quantized", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite) as draft:
+    log.info(
+        "quantizing %s: %s %d-bit, group %d", resolved.path.name, settings.method, settings.bits, settings.group_size
+    )
+    with create_artifact(
+        out, "quantized", name, parents=lineage(resolved, "source"), settings=recorded, overwrite=overwrite
+    ) as draft:
         # Named like the draft (".NAME.tmp-..."), so a rerun after kill -9 removes it with the draft.
         with tempfile.TemporaryDirectory(prefix=f"{draft.path.name}-offload-", dir=draft.path.parent) as scratch:
             losses = gptq.quantize(resolved.path, settings, calibration, draft.path, Path(scratch))
-        draft.metrics.update(bits=settings.bits, group_size=settings.group_size, method=settings.method, quantized_layers=len(losses) or None,
-                             quant_loss_per_layer=losses or None)  # fmt: skip
+        draft.metrics.update(
+            bits=settings.bits,
+            group_size=settings.group_size,
+            method=settings.method,
+            quantized_layers=len(losses) or None,
+            quant_loss_per_layer=losses or None,
+        )
     return out

@@ -45,29 +45,105 @@ def artifact_sources(path: Path, role: str, name: str, version: str | None) -> t
         check_name(name, "model name")
         check_name(version, "version")
         prefix = f"models/{name}/{version}"
-    sources = [Source(path / f.path, FileEntry(path=f"{prefix}/{f.path}", size=f.size, sha256=f.sha256)) for f in manifest.files]
+    sources = [
+        Source(path / f.path, FileEntry(path=f"{prefix}/{f.path}", size=f.size, sha256=f.sha256))
+        for f in manifest.files
+    ]
     man = path / MANIFEST
-    sources.append(Source(man, FileEntry(path=f"{prefix}/{MANIFEST}", size=man.stat().st_size, sha256=sha256_file(man))))
-    art = BundledArtifact(role=role, name=name, version=version, kind=manifest.kind, digest=manifest.digest, path=prefix,
-                          parents=manifest.parents, created_at=manifest.created_at)  # fmt: skip
+    sources.append(
+        Source(man, FileEntry(path=f"{prefix}/{MANIFEST}", size=man.stat().st_size, sha256=sha256_file(man)))
+    )
+    art = BundledArtifact(
+        role=role,
+        name=name,
+        version=version,
+        kind=manifest.kind,
+        digest=manifest.digest,
+        path=prefix,
+        parents=manifest.parents,
+        created_at=manifest.created_at,
+    )
     return art, sources
 
 
+def model_spec(spec: str) -> tuple[str, str, Path]:
+    """Read a ``--model`` value, ``[NAME[@VERSION]=]PATH``, as (name, version, path).
+
+    Args:
+        spec: the value as the user typed it; NAME defaults to the directory's name, VERSION to 1.
+
+    Returns:
+        The model's name in the bundle, its version label and the artifact directory.
+
+    Raises:
+        EnclaveError: PATH is not a directory.
+    """
+    label, sep, path = spec.partition("=")
+    if not sep:
+        label, path = "", spec
+    name, _, version = label.partition("@")
+    path_ = Path(path).expanduser()
+    name = name or path_.name
+    if not path_.is_dir():
+        raise EnclaveError(
+            f"--model {spec}: {path_} is not a directory", fix="pass [NAME[@VERSION]=]PATH to an artifact directory"
+        )
+    return name, version or "1", path_
+
+
+def repository_sources(root: Path) -> list[tuple[BundledArtifact, list[Source]]]:
+    """Every model's active version and every adapter of a serve repository, ready to bundle.
+
+    Args:
+        root: the repository directory (``enclave serve add`` made it).
+
+    Returns:
+        One (artifact, files) pair per model and adapter.
+    """
+    from enclave.repository import Repository
+
+    repo = Repository(root)
+    parts = [artifact_sources(v.path, "model", m, v.version) for m in repo.models() for v in [repo.active(m)]]
+    if repo.adapters_dir.is_dir():
+        parts += [
+            artifact_sources(p, "adapter", p.name, None) for p in sorted(repo.adapters_dir.iterdir()) if p.is_dir()
+        ]
+    return parts
+
+
 def wheel_sources(folder: Path) -> list[Source]:
-    return [Source(p, FileEntry(path=f"wheels/{p.name}", size=p.stat().st_size, sha256=sha256_file(p))) for p in sorted(folder.iterdir())]
+    """Every file in ``folder`` (wheels and requirements.txt), in name order, hashed, under wheels/ in the tar."""
+    return [
+        Source(p, FileEntry(path=f"wheels/{p.name}", size=p.stat().st_size, sha256=sha256_file(p)))
+        for p in sorted(folder.iterdir())
+    ]
 
 
-def write_bundle(out: Path, private, artifacts: list[BundledArtifact], sources: list[Source], wheels: Wheels | None,
-                 creator: str | None = None) -> BundleManifest:  # fmt: skip
+def write_bundle(
+    out: Path,
+    private,
+    artifacts: list[BundledArtifact],
+    sources: list[Source],
+    wheels: Wheels | None,
+    creator: str | None = None,
+) -> BundleManifest:
     """Write the signed tar at ``out`` (atomically); returns its manifest."""
     names = [s.entry.path for s in sources]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise EnclaveError(f"two artifacts would land at the same place in the bundle: {', '.join(dup[:3])}",
-                           fix="give each model a distinct NAME@VERSION (or each adapter a distinct name)")  # fmt: skip
-    manifest = BundleManifest(enclave_version=__version__, created_at=_now(), creator=creator or _creator(),
-                              key_id=keys.key_id(private.public_key()), artifacts=artifacts, wheels=wheels,
-                              files=sorted((s.entry for s in sources), key=lambda e: e.path))  # fmt: skip
+        raise EnclaveError(
+            f"two artifacts would land at the same place in the bundle: {', '.join(dup[:3])}",
+            fix="give each model a distinct NAME@VERSION (or each adapter a distinct name)",
+        )
+    manifest = BundleManifest(
+        enclave_version=__version__,
+        created_at=_now(),
+        creator=creator or _creator(),
+        key_id=keys.key_id(private.public_key()),
+        artifacts=artifacts,
+        wheels=wheels,
+        files=sorted((s.entry for s in sources), key=lambda e: e.path),
+    )
     data = manifest.to_json()
     signature = (json.dumps(keys.sign(private, data)) + "\n").encode()
     out = Path(out).expanduser()
@@ -110,13 +186,18 @@ class _Hashing(io.RawIOBase):
 def _add_files(tar: tarfile.TarFile, sources: list[Source]) -> None:
     from tqdm import tqdm
 
-    with tqdm(total=sum(s.entry.size for s in sources), unit="B", unit_scale=True, desc="writing bundle", disable=None) as bar:
+    with tqdm(
+        total=sum(s.entry.size for s in sources), unit="B", unit_scale=True, desc="writing bundle", disable=None
+    ) as bar:
         for s in sources:
             with open(s.disk, "rb") as fh:
                 reader = _Hashing(fh, bar)
                 tar.addfile(_info(s.entry.path, s.entry.size), reader)
             if reader.h.hexdigest() != s.entry.sha256 or s.disk.stat().st_size != s.entry.size:
-                raise EnclaveError(f"{s.disk} changed while the bundle was written", fix="wait for whatever writes it to finish, then run create again")
+                raise EnclaveError(
+                    f"{s.disk} changed while the bundle was written",
+                    fix="wait for whatever writes it to finish, then run create again",
+                )
 
 
 def _creator() -> str:

@@ -32,7 +32,9 @@ def _passphrase(env: str | None) -> bytes | None:
         return None
     value = os.environ.get(env)
     if not value:
-        raise EnclaveError(f"--passphrase-env {env}: the environment variable {env} is empty or unset", fix=f"export {env}=...")
+        raise EnclaveError(
+            f"--passphrase-env {env}: the environment variable {env} is empty or unset", fix=f"export {env}=..."
+        )
     return value.encode()
 
 
@@ -42,7 +44,9 @@ def keygen(out: Path, passphrase_env: str | None = None, overwrite: bool = False
     private_path, public_path = Path(f"{out}.key"), Path(f"{out}.pub")
     for path in (private_path, public_path):
         if path.exists() and not overwrite:
-            raise EnclaveError(f"{path} exists; keygen never replaces a key", fix="choose another name, or pass --overwrite")
+            raise EnclaveError(
+                f"{path} exists; keygen never replaces a key", fix="choose another name, or pass --overwrite"
+            )
     private = ed25519.Ed25519PrivateKey.generate()
     secret = _passphrase(passphrase_env)
     encryption = serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption()
@@ -54,36 +58,77 @@ def keygen(out: Path, passphrase_env: str | None = None, overwrite: bool = False
         os.umask(old)
     private_path.chmod(0o600)
     public = private.public_key()
-    atomic_write_bytes(public_path, public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    atomic_write_bytes(
+        public_path, public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private_path, public_path, key_id(public)
 
 
 def load_private(path: Path, passphrase_env: str | None = None):
+    """Read an Ed25519 private key from a PEM file (as `enclave bundle keygen` writes NAME.key).
+
+    Args:
+        path: the PEM file.
+        passphrase_env: the environment variable holding the key's passphrase, or None for an unencrypted key.
+
+    Returns:
+        The ``Ed25519PrivateKey``.
+
+    Raises:
+        EnclaveError: no such file, not a readable PEM private key (a wrong or missing passphrase included),
+            not an Ed25519 key, or ``passphrase_env`` names an empty or unset variable.
+    """
     serialization, ed25519 = _crypto()
     path = Path(path).expanduser()
     if not path.is_file():
-        raise EnclaveError(f"--key {path}: no such file", fix="make one with `enclave bundle keygen NAME` (it writes NAME.key and NAME.pub)")
+        raise EnclaveError(
+            f"--key {path}: no such file",
+            fix="make one with `enclave bundle keygen NAME` (it writes NAME.key and NAME.pub)",
+        )
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=_passphrase(passphrase_env))
     except (ValueError, TypeError) as exc:
-        raise EnclaveError(f"--key {path}: not a readable PEM private key ({exc})",
-                           fix="pass the NAME.key written by `enclave bundle keygen` (and --passphrase-env if it is encrypted)") from exc  # fmt: skip
+        raise EnclaveError(
+            f"--key {path}: not a readable PEM private key ({exc})",
+            fix="pass the NAME.key written by `enclave bundle keygen` (and --passphrase-env if it is encrypted)",
+        ) from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise EnclaveError(f"--key {path}: a {type(key).__name__}, not an Ed25519 key", fix="make one with `enclave bundle keygen`")
+        raise EnclaveError(
+            f"--key {path}: a {type(key).__name__}, not an Ed25519 key", fix="make one with `enclave bundle keygen`"
+        )
     return key
 
 
 def load_public(path: Path):
+    """Read an Ed25519 public key from a PEM file (as `enclave bundle keygen` writes NAME.pub).
+
+    Args:
+        path: the PEM file.
+
+    Returns:
+        The ``Ed25519PublicKey``.
+
+    Raises:
+        EnclaveError: no such file, not a PEM public key, or not an Ed25519 key.
+    """
     serialization, ed25519 = _crypto()
     path = Path(path).expanduser()
     if not path.is_file():
-        raise EnclaveError(f"--key {path}: no such public key file", fix="pass the NAME.pub written by `enclave bundle keygen` on the creating machine")
+        raise EnclaveError(
+            f"--key {path}: no such public key file",
+            fix="pass the NAME.pub written by `enclave bundle keygen` on the creating machine",
+        )
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except ValueError as exc:
-        raise EnclaveError(f"--key {path}: not a PEM public key ({exc})", fix="pass the NAME.pub file, not NAME.key") from exc
+        raise EnclaveError(
+            f"--key {path}: not a PEM public key ({exc})", fix="pass the NAME.pub file, not NAME.key"
+        ) from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise EnclaveError(f"--key {path}: a {type(key).__name__}, not an Ed25519 public key", fix="pass a key made by `enclave bundle keygen`")
+        raise EnclaveError(
+            f"--key {path}: a {type(key).__name__}, not an Ed25519 public key",
+            fix="pass a key made by `enclave bundle keygen`",
+        )
     return key
 
 
@@ -94,17 +139,28 @@ def trusted_keys(paths: list[Path]) -> dict[str, object]:
     if not paths:
         paths = sorted((home() / "trusted-keys").glob("*.pub"))
     if not paths:
-        raise EnclaveError("no trusted public key: a bundle is only read when its signature checks against one",
-                           fix=f"pass --key CREATOR.pub, or copy it into {home() / 'trusted-keys'}/")  # fmt: skip
+        raise EnclaveError(
+            "no trusted public key: a bundle is only read when its signature checks against one",
+            fix=f"pass --key CREATOR.pub, or copy it into {home() / 'trusted-keys'}/",
+        )
     keys = [load_public(p) for p in paths]
     return {key_id(k): k for k in keys}
 
 
 def sign(private, data: bytes) -> dict:
-    return {"algorithm": "ed25519", "key_id": key_id(private.public_key()), "signature": base64.b64encode(private.sign(data)).decode()}
+    """Sign ``data``; returns what bundle.sig holds: the algorithm, the key id and the base64 signature."""
+    return {
+        "algorithm": "ed25519",
+        "key_id": key_id(private.public_key()),
+        "signature": base64.b64encode(private.sign(data)).decode(),
+    }
 
 
 def check(public, data: bytes, signature: dict) -> bool:
+    """Whether ``signature`` (as ``sign`` returns it) is ``public``'s valid signature of ``data``.
+
+    A malformed signature (missing, not base64, wrong type) is False, not an error. The key id in it is not read.
+    """
     from cryptography.exceptions import InvalidSignature
 
     try:

@@ -52,6 +52,8 @@ class BundledArtifact(_Strict):
 
 
 class Wheels(_Strict):
+    """The Python wheels a bundle carries, and the interpreter and platform they were downloaded for."""
+
     requirement: str
     """What they install, e.g. enclave-llm[serve]==0.1.0."""
     python_version: str
@@ -60,6 +62,8 @@ class Wheels(_Strict):
 
 
 class BundleManifest(_Strict):
+    """``bundle.json``: who made the bundle and with which key, its artifacts, its wheels, and every file's hash."""
+
     schema_version: Literal[1] = SCHEMA_VERSION
     enclave_version: str
     created_at: str
@@ -71,6 +75,7 @@ class BundleManifest(_Strict):
     """Every member of the tar except bundle.json and bundle.sig."""
 
     def to_json(self) -> bytes:
+        """The manifest as indented JSON bytes with a final newline (the exact bytes that are signed)."""
         return (json.dumps(self.model_dump(), indent=2) + "\n").encode()
 
 
@@ -79,17 +84,23 @@ def parse_manifest(data: bytes) -> BundleManifest:
     try:
         raw = json.loads(data)
     except ValueError as exc:
-        raise EnclaveError(f"{MANIFEST_NAME} is not JSON ({exc})", fix="recreate the bundle with `enclave bundle create`") from exc
+        raise EnclaveError(
+            f"{MANIFEST_NAME} is not JSON ({exc})", fix="recreate the bundle with `enclave bundle create`"
+        ) from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
-        raise EnclaveError(f"bundle schema_version {version!r} is not one this Enclave reads ({SCHEMA_VERSION}); "
-                           f"it was made by Enclave {raw.get('enclave_version', '?') if isinstance(raw, dict) else '?'}",
-                           fix="install it with the Enclave version that made it, or recreate the bundle with this one")  # fmt: skip
+        raise EnclaveError(
+            f"bundle schema_version {version!r} is not one this Enclave reads ({SCHEMA_VERSION}); "
+            f"it was made by Enclave {raw.get('enclave_version', '?') if isinstance(raw, dict) else '?'}",
+            fix="install it with the Enclave version that made it, or recreate the bundle with this one",
+        )
     try:
         manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        raise EnclaveError(f"{MANIFEST_NAME} does not match the bundle schema: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
-                           fix="recreate the bundle with `enclave bundle create`") from exc  # fmt: skip
+        raise EnclaveError(
+            f"{MANIFEST_NAME} does not match the bundle schema: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+            fix="recreate the bundle with `enclave bundle create`",
+        ) from exc
     for i, art in enumerate(manifest.artifacts):
         check_destination(art, f"{MANIFEST_NAME} artifacts[{i}]")
     return manifest
@@ -106,9 +117,13 @@ def check_destination(art: BundledArtifact, where: str) -> None:
     if art.role == "model":
         safe_name(art.version, f"{where}.version")
     elif art.version is not None:
-        raise EnclaveError(f"{where}.version {art.version!r}: an adapter has no version",
-                           fix="recreate the bundle with `enclave bundle create`")
+        raise EnclaveError(
+            f"{where}.version {art.version!r}: an adapter has no version",
+            fix="recreate the bundle with `enclave bundle create`",
+        )
     expected = f"models/{art.name}/{art.version}" if art.role == "model" else f"adapters/{art.name}"
     if art.path != expected:
-        raise EnclaveError(f"{where}.path {art.path!r} is not where the {art.role} {art.name!r} goes ({expected!r})",
-                           fix="recreate the bundle with `enclave bundle create`")  # fmt: skip
+        raise EnclaveError(
+            f"{where}.path {art.path!r} is not where the {art.role} {art.name!r} goes ({expected!r})",
+            fix="recreate the bundle with `enclave bundle create`",
+        )

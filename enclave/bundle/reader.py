@@ -45,6 +45,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """True when the manifest was read, the signature checked against a trusted key, and nothing failed."""
         return not self.problems and self.manifest is not None and self.signed_by is not None
 
 
@@ -77,8 +78,10 @@ def _read(tar: tarfile.TarFile, report: Report, trusted: dict[str, object], extr
         return
     if extract_to is not None:
         if report.signed_by is None:
-            report.problems.append("nothing was unpacked: a bundle is written to disk only once its signature checks "
-                                   "(`enclave bundle verify` checks its files one by one)")  # fmt: skip
+            report.problems.append(
+                "nothing was unpacked: a bundle is written to disk only once its signature checks "
+                "(`enclave bundle verify` checks its files one by one)"
+            )
             return
         check_space(report.manifest, Path(extract_to))
     _check_members(tar, members, report, extract_to)
@@ -98,16 +101,22 @@ def check_space(manifest: BundleManifest, extract_to: Path) -> None:
     needed = declared + declared // 100 + _SPACE_MARGIN
     free = shutil.disk_usage(extract_to).free
     if needed > free:
-        raise EnclaveError(f"not enough space to unpack the bundle: it needs {needed:,} bytes ({declared:,} declared plus a margin) "
-                           f"on the filesystem of {extract_to}, which has {free:,} bytes free; nothing was written",
-                           fix="free space on that volume, or install into a repository on a larger one (--repo)")  # fmt: skip
+        raise EnclaveError(
+            f"not enough space to unpack the bundle: it needs {needed:,} bytes ({declared:,} declared plus a margin) "
+            f"on the filesystem of {extract_to}, which has {free:,} bytes free; nothing was written",
+            fix="free space on that volume, or install into a repository on a larger one (--repo)",
+        )
 
 
-def _metadata(tar: tarfile.TarFile, members, report: Report) -> tuple[bytes, dict | None, tarfile.TarInfo | None] | None:
+def _metadata(
+    tar: tarfile.TarFile, members, report: Report
+) -> tuple[bytes, dict | None, tarfile.TarInfo | None] | None:
     """bundle.json's bytes, the parsed signature (None when absent or unreadable), and an entry read past."""
     first = next(members, None)
     if first is None or first.name != MANIFEST_NAME or not first.isreg() or first.size > _MAX_META:
-        report.problems.append(f"{MANIFEST_NAME} is not the first entry: not an Enclave bundle (made by `enclave bundle create`)")
+        report.problems.append(
+            f"{MANIFEST_NAME} is not the first entry: not an Enclave bundle (made by `enclave bundle create`)"
+        )
         return None
     data = tar.extractfile(first).read()
     second = next(members, None)
@@ -126,10 +135,14 @@ def _check_signature(data: bytes, signature: dict | None, trusted: dict[str, obj
         return
     kid = signature.get("key_id") if isinstance(signature, dict) else None
     if kid not in trusted:
-        report.problems.append(f"{SIGNATURE_NAME}: signed by key {kid}, which is not a trusted key "
-                               f"(trusted: {', '.join(sorted(trusted))}); pass the creator's public key with --key")  # fmt: skip
+        report.problems.append(
+            f"{SIGNATURE_NAME}: signed by key {kid}, which is not a trusted key "
+            f"(trusted: {', '.join(sorted(trusted))}); pass the creator's public key with --key"
+        )
     elif not keys.check(trusted[kid], data, signature):
-        report.problems.append(f"{SIGNATURE_NAME}: the signature does not match {MANIFEST_NAME}: it was changed after signing")
+        report.problems.append(
+            f"{SIGNATURE_NAME}: the signature does not match {MANIFEST_NAME}: it was changed after signing"
+        )
     else:
         report.signed_by = kid
 
@@ -154,7 +167,9 @@ def _check_members(tar: tarfile.TarFile, members, report: Report, extract_to: Pa
             digest = _copy(tar, member, extract_to, bar)
             report.checked += 1
             if digest != declared[name].sha256:
-                report.problems.append(f"{name}: sha256 differs from {MANIFEST_NAME} (the file was changed after signing)")
+                report.problems.append(
+                    f"{name}: sha256 differs from {MANIFEST_NAME} (the file was changed after signing)"
+                )
     for missing in sorted(set(declared) - seen):
         report.problems.append(f"{missing}: listed in {MANIFEST_NAME} but missing from the bundle")
 

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Models live in $ENCLAVE_HOME (default ~/.cache/enclave).",
     )
     parser.add_argument("--version", action="version", version=f"enclave {__version__}")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="log as readable text (default) or one JSON object a line")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log as readable text (default) or one JSON object a line",
+    )
     parser.add_argument("--debug", action="store_true", help="verbose logs, and a traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
@@ -85,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so briefly, traceback only with --debug
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc}\n  re-run with --debug for the traceback, "
-              "and report it if it persists", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}\n  re-run with --debug for the traceback, "
+            "and report it if it persists",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -21,10 +21,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = parser.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
-    p = sub.add_parser("verify", help="check the hash chain of FILE and FILE.N beside it; exit 1 at the first broken line",
-                       description="Read FILE.N ... FILE.1, then FILE, as one hash chain. Exit 0 and print the files, "
-                       "lines, seq and time range and the head hash when it is whole; exit 1 naming the first broken "
-                       "line (FILE:LINE) and why.")  # fmt: skip
+    p = sub.add_parser(
+        "verify",
+        help="check the hash chain of FILE and FILE.N beside it; exit 1 at the first broken line",
+        description="Read FILE.N ... FILE.1, then FILE, as one hash chain. Exit 0 and print the files, "
+        "lines, seq and time range and the head hash when it is whole; exit 1 naming the first broken "
+        "line (FILE:LINE) and why.",
+    )
     p.add_argument("file", metavar="FILE", help="the audit file the server writes (audit_log in its config)")
     p.set_defaults(func=_verify)
 

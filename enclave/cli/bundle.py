@@ -10,9 +10,11 @@ HELP = "carry artifacts (and the wheels to serve them) to an air-gapped machine:
 ACTIONS = ("keygen", "create", "verify", "install")
 EPILOG = """examples:
   enclave bundle keygen site-a                         writes site-a.key (keep it) and site-a.pub (give it out)
-  enclave bundle create clinic.tar --key site-a.key --model clinical-legal@1=~/.cache/enclave/artifacts/clinical-legal-onnx \\
+  enclave bundle create clinic.tar --key site-a.key \\
+      --model clinical-legal@1=~/.cache/enclave/artifacts/clinical-legal-onnx \\
       --adapter ~/.cache/enclave/adapters/clinical-legal --wheels
-  enclave bundle create clinic.tar --key site-a.key --from-repo serve-repo/    the active versions and adapters of a repository
+  enclave bundle create clinic.tar --key site-a.key --from-repo serve-repo/
+                                                       the active versions and adapters of a repository
   enclave bundle verify clinic.tar --key site-a.pub
   enclave bundle install clinic.tar --key site-a.pub --repo /var/lib/enclave/repo --activate
 
@@ -28,32 +30,76 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bundle_action", metavar="ACTION", required=True)
     p = sub.add_parser("keygen", help="make an Ed25519 key pair: NAME.key (private, mode 0600) and NAME.pub")
     p.add_argument("name", type=Path, help="path prefix of the two files")
-    p.add_argument("--passphrase-env", metavar="VAR", help="encrypt the private key with the passphrase in this environment variable")
+    p.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="encrypt the private key with the passphrase in this environment variable",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing key files")
     p.set_defaults(func=_keygen)
     p = sub.add_parser("create", help="write a signed bundle of artifacts (and optionally wheels)")
     p.add_argument("out", type=Path, help="the .tar file to write")
     p.add_argument("--key", type=Path, required=True, help="the private key (NAME.key from keygen)")
     p.add_argument("--passphrase-env", metavar="VAR", help="the variable holding the private key's passphrase")
-    p.add_argument("--model", action="append", default=[], metavar="[NAME[@VERSION]=]PATH",
-                   help="a servable artifact; installs as models/NAME/VERSION (default: the directory name, version 1)")  # fmt: skip
-    p.add_argument("--adapter", action="append", default=[], metavar="PATH", help="an adapter from `enclave tune` (a path or a name in the store)")
-    p.add_argument("--from-repo", type=Path, metavar="REPO", help="every model's active version and every adapter of a serve repository")
-    p.add_argument("--wheels", action="store_true", help="add enclave-llm[serve] and its dependencies as wheels (needs the package index)")
-    p.add_argument("--extras", default="serve", help="with --wheels: the extras to install, e.g. serve,torch for HF checkpoints (default: serve)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME[@VERSION]=]PATH",
+        help="a servable artifact; installs as models/NAME/VERSION (default: the directory name, version 1)",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an adapter from `enclave tune` (a path or a name in the store)",
+    )
+    p.add_argument(
+        "--from-repo",
+        type=Path,
+        metavar="REPO",
+        help="every model's active version and every adapter of a serve repository",
+    )
+    p.add_argument(
+        "--wheels",
+        action="store_true",
+        help="add enclave-llm[serve] and its dependencies as wheels (needs the package index)",
+    )
+    p.add_argument(
+        "--extras",
+        default="serve",
+        help="with --wheels: the extras to install, e.g. serve,torch for HF checkpoints (default: serve)",
+    )
     p.add_argument("--python-version", help="with --wheels: the target's Python, e.g. 3.11 (default: this one)")
-    p.add_argument("--platform", help="with --wheels: the target's platform tag, e.g. manylinux_2_28_x86_64 (default: this one)")
-    p.add_argument("--enclave-wheel", type=Path, help="with --wheels: the enclave-llm wheel to ship (default: built from this checkout)")
+    p.add_argument(
+        "--platform", help="with --wheels: the target's platform tag, e.g. manylinux_2_28_x86_64 (default: this one)"
+    )
+    p.add_argument(
+        "--enclave-wheel",
+        type=Path,
+        help="with --wheels: the enclave-llm wheel to ship (default: built from this checkout)",
+    )
     p.add_argument("--creator", help="who made it, recorded in bundle.json (default: user@host)")
     p.set_defaults(func=_create)
-    for action, text in (("verify", "check the signature and every file; print what is wrong, file by file"),
-                         ("install", "verify, then unpack into a model repository and install the wheels (pip --no-index)")):  # fmt: skip
+    for action, text in (
+        ("verify", "check the signature and every file; print what is wrong, file by file"),
+        ("install", "verify, then unpack into a model repository and install the wheels (pip --no-index)"),
+    ):
         p = sub.add_parser(action, help=text)
         p.add_argument("bundle", type=Path, help="the bundle .tar")
-        p.add_argument("--key", type=Path, action="append", default=[], help="a trusted public key (repeatable; default $ENCLAVE_HOME/trusted-keys/*.pub)")
+        p.add_argument(
+            "--key",
+            type=Path,
+            action="append",
+            default=[],
+            help="a trusted public key (repeatable; default $ENCLAVE_HOME/trusted-keys/*.pub)",
+        )
         p.set_defaults(func=_verify)
     p.add_argument("--repo", type=Path, required=True, help="the model repository to install into (created if missing)")
-    p.add_argument("--activate", action="store_true", help="make the installed versions active (a new model is always active)")
+    p.add_argument(
+        "--activate", action="store_true", help="make the installed versions active (a new model is always active)"
+    )
     p.add_argument("--no-wheels", action="store_true", help="install the artifacts only, not the bundle's wheels")
     p.add_argument("--python", help="the interpreter whose environment receives the wheels (default: this one)")
     p.set_defaults(func=_install)
@@ -63,22 +109,11 @@ def _keygen(args: argparse.Namespace) -> int:
     from enclave.bundle.keys import keygen
 
     private, public, kid = keygen(args.name, args.passphrase_env, args.overwrite)
-    print(f"key {kid}: private {private} (keep it on this machine), public {public} (copy it to the machines that install)")
+    print(
+        f"key {kid}: private {private} (keep it on this machine), "
+        f"public {public} (copy it to the machines that install)"
+    )
     return 0
-
-
-def _model_spec(spec: str) -> tuple[str, str, Path]:
-    from enclave.errors import EnclaveError
-
-    label, sep, path = spec.partition("=")
-    if not sep:
-        label, path = "", spec
-    name, _, version = label.partition("@")
-    path_ = Path(path).expanduser()
-    name = name or path_.name
-    if not path_.is_dir():
-        raise EnclaveError(f"--model {spec}: {path_} is not a directory", fix="pass [NAME[@VERSION]=]PATH to an artifact directory")
-    return name, version or "1", path_
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -89,10 +124,13 @@ def _create(args: argparse.Namespace) -> int:
     from enclave.store import resolve_adapter
 
     private = keys.load_private(args.key, args.passphrase_env)
-    parts = [create.artifact_sources(path, "model", name, version) for name, version, path in map(_model_spec, args.model)]
+    parts = [
+        create.artifact_sources(path, "model", name, version)
+        for name, version, path in map(create.model_spec, args.model)
+    ]
     parts += [create.artifact_sources(path, "adapter", path.name, None) for path in map(resolve_adapter, args.adapter)]
     if args.from_repo:
-        parts += _repo_sources(args.from_repo)
+        parts += create.repository_sources(args.from_repo)
     if not parts:
         raise EnclaveError("nothing to bundle", fix="pass --model, --adapter or --from-repo")
     artifacts, sources = [a for a, _ in parts], [s for _, ss in parts for s in ss]
@@ -111,21 +149,16 @@ def _create(args: argparse.Namespace) -> int:
 def _warn_backends(artifacts: list, extras: str) -> None:
     from serve.backends import BACKENDS
 
-    needs_torch = [f"{a.name} ({a.kind})" for a in artifacts if a.role == "model" and BACKENDS.get(a.kind) == ("torch",)]
+    needs_torch = [
+        f"{a.name} ({a.kind})" for a in artifacts if a.role == "model" and BACKENDS.get(a.kind) == ("torch",)
+    ]
     if needs_torch and "torch" not in extras.split(","):
-        print(f"warning: {', '.join(needs_torch)} run on the torch backend, which enclave-llm[{extras}] does not install; "
-              f"add --extras {extras},torch, or ship ONNX exports", file=sys.stderr)  # fmt: skip
-
-
-def _repo_sources(root: Path) -> list:
-    from enclave.bundle import create
-    from serve.repository import Repository
-
-    repo = Repository(root)
-    parts = [create.artifact_sources(v.path, "model", m, v.version) for m in repo.models() for v in [repo.active(m)]]
-    if repo.adapters_dir.is_dir():
-        parts += [create.artifact_sources(p, "adapter", p.name, None) for p in sorted(repo.adapters_dir.iterdir()) if p.is_dir()]
-    return parts
+        print(
+            f"warning: {', '.join(needs_torch)} run on the torch backend, "
+            f"which enclave-llm[{extras}] does not install; "
+            f"add --extras {extras},torch, or ship ONNX exports",
+            file=sys.stderr,
+        )
 
 
 def _summary(out: Path, manifest) -> None:
@@ -140,7 +173,13 @@ def _summary(out: Path, manifest) -> None:
         count = sum(1 for f in manifest.files if f.path.startswith(a.path + "/"))
         table.add_row(f"{a.role} {a.name}", a.kind, a.path, a.digest[:19], str(count))
     if manifest.wheels:
-        table.add_row("wheels", escape(manifest.wheels.requirement), "pip --no-index", f"python {manifest.wheels.python_version}", str(manifest.wheels.count))
+        table.add_row(
+            "wheels",
+            escape(manifest.wheels.requirement),
+            "pip --no-index",
+            f"python {manifest.wheels.python_version}",
+            str(manifest.wheels.count),
+        )
     con = console()
     con.print(table)
     size = Path(out).stat().st_size
@@ -161,8 +200,10 @@ def _verify(args: argparse.Namespace) -> int:
     m = report.manifest
     arts = ", ".join(f"{a.role} {a.name}" + (f"@{a.version}" if a.version else "") for a in m.artifacts)
     wheels = f", {m.wheels.count} wheels" if m.wheels else ""
-    print(f"ok     {args.bundle}  (signed by {report.signed_by}, made by {m.creator} at {m.created_at}, "
-          f"{report.checked} files checked: {arts}{wheels})")  # fmt: skip
+    print(
+        f"ok     {args.bundle}  (signed by {report.signed_by}, made by {m.creator} at {m.created_at}, "
+        f"{report.checked} files checked: {arts}{wheels})"
+    )
     return 0
 
 
@@ -170,7 +211,9 @@ def _install(args: argparse.Namespace) -> int:
     from enclave.bundle.install import install_bundle
     from enclave.bundle.keys import trusted_keys
 
-    report, done = install_bundle(args.bundle, trusted_keys(args.key), args.repo, args.activate, not args.no_wheels, args.python)
+    report, done = install_bundle(
+        args.bundle, trusted_keys(args.key), args.repo, args.activate, not args.no_wheels, args.python
+    )
     print(f"verified {args.bundle}: signed by {report.signed_by}, {report.checked} files checked")
     for label in done.placed:
         print(f"installed {label} into {args.repo}")

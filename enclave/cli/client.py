@@ -20,24 +20,34 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = parser.add_subparsers(dest="client_action", metavar="ACTION", required=True)
-    for name, helptext in (("generate", "one completion, printed when done, with counts and timings on stderr"),
-                           ("stream", "a completion printed as it is generated"),
-                           ("models", "the models, versions and adapters the server runs"),
-                           ("health", "the server's grpc.health.v1 status (SERVING / NOT_SERVING)"),
-                           ("tokenize", "the token ids and pieces of a text")):  # fmt: skip
+    for name, helptext in (
+        ("generate", "one completion, printed when done, with counts and timings on stderr"),
+        ("stream", "a completion printed as it is generated"),
+        ("models", "the models, versions and adapters the server runs"),
+        ("health", "the server's grpc.health.v1 status (SERVING / NOT_SERVING)"),
+        ("tokenize", "the token ids and pieces of a text"),
+    ):
         p = sub.add_parser(name, help=helptext, description=helptext)
         _connection(p)
         if name == "health":
-            p.add_argument("--service", default="", help="a service name: '' (default) is ready to serve, 'liveness' is the process is up")
+            p.add_argument(
+                "--service",
+                default="",
+                help="a service name: '' (default) is ready to serve, 'liveness' is the process is up",
+            )
         if name in ("generate", "stream", "tokenize"):
             p.add_argument("prompt", help="the text; '-' reads standard input")
             p.add_argument("--model", default="", help="model name (default: the server's default)")
             p.add_argument("--model-version", default="", help="version (default: the active one)")
-            p.add_argument("--chat", action="store_true", help="send the text as a user message (the chat template is applied)")
+            p.add_argument(
+                "--chat", action="store_true", help="send the text as a user message (the chat template is applied)"
+            )
         if name in ("generate", "stream"):
             p.add_argument("--adapter", default="", help="an adapter loaded on the model")
             p.add_argument("--max-tokens", type=int, default=0, help="most tokens to generate (0: the server default)")
-            p.add_argument("--min-tokens", type=int, default=0, help="tokens to generate before end-of-sequence may end the output")
+            p.add_argument(
+                "--min-tokens", type=int, default=0, help="tokens to generate before end-of-sequence may end the output"
+            )
             p.add_argument("--temperature", type=float, help="0 (default) is greedy")
             p.add_argument("--top-p", type=float)
             p.add_argument("--top-k", type=int, default=0)
@@ -50,7 +60,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--target", default=os.environ.get("ENCLAVE_TARGET", "127.0.0.1:50051"), help="host:port (default: $ENCLAVE_TARGET or 127.0.0.1:50051)")
+    g.add_argument(
+        "--target",
+        default=os.environ.get("ENCLAVE_TARGET", "127.0.0.1:50051"),
+        help="host:port (default: $ENCLAVE_TARGET or 127.0.0.1:50051)",
+    )
     g.add_argument("--token", default=os.environ.get("ENCLAVE_TOKEN"), help="bearer token (default: $ENCLAVE_TOKEN)")
     g.add_argument("--ca", help="CA certificate (PEM) of the server: turns TLS on")
     g.add_argument("--cert", help="client certificate (PEM), for mutual TLS")
@@ -62,9 +76,17 @@ def _connection(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import grpc
 
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
-    client = Client(args.target, token=args.token, ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name, timeout=args.timeout)
+    client = Client(
+        args.target,
+        token=args.token,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        server_name=args.server_name,
+        timeout=args.timeout,
+    )
     try:
         with client:
             return ACTIONS[args.action](client, args)
@@ -78,9 +100,21 @@ def _prompt(args) -> str:
 
 
 def _sampling(args) -> dict:
-    return dict(model=args.model, version=args.model_version, adapter=args.adapter, chat=args.chat, request_id=args.request_id,
-                max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed, min_tokens=args.min_tokens)  # fmt: skip
+    return dict(
+        model=args.model,
+        version=args.model_version,
+        adapter=args.adapter,
+        chat=args.chat,
+        request_id=args.request_id,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
+        min_tokens=args.min_tokens,
+    )
 
 
 def _summary(finish, usage, timings, model: str = "") -> str:
@@ -88,15 +122,22 @@ def _summary(finish, usage, timings, model: str = "") -> str:
 
     reason = pb.FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()
     served = f"{model}, " if model else ""
-    return (f"[{served}{usage.prompt_tokens} prompt + {usage.completion_tokens} new tokens, finish: {reason}, "
-            f"first token {timings.time_to_first_token_seconds:.2f} s, total {timings.total_seconds:.2f} s, "
-            f"{timings.decode_tokens_per_second:.1f} tok/s]")  # fmt: skip
+    return (
+        f"[{served}{usage.prompt_tokens} prompt + {usage.completion_tokens} new tokens, finish: {reason}, "
+        f"first token {timings.time_to_first_token_seconds:.2f} s, total {timings.total_seconds:.2f} s, "
+        f"{timings.decode_tokens_per_second:.1f} tok/s]"
+    )
 
 
 def _generate(client, args) -> int:
     r = client.generate(_prompt(args), **_sampling(args))
     print(r.text)
-    print(_summary(r.finish_reason, r.usage, r.timings, f"{r.model} v{r.model_version}{' + ' + r.adapter if r.adapter else ''}"), file=sys.stderr)
+    print(
+        _summary(
+            r.finish_reason, r.usage, r.timings, f"{r.model} v{r.model_version}{' + ' + r.adapter if r.adapter else ''}"
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -119,7 +160,9 @@ def _models(client, args) -> int:
     table = Table("model", "backend", "kind", "context", "versions (* active)", "adapters")
     for m in client.models().models:
         versions = ", ".join(("*" if v.active else "") + v.version for v in m.versions)
-        table.add_row(m.name, m.backend, m.kind, str(m.context_length), versions, ", ".join(a.name for a in m.adapters) or "-")
+        table.add_row(
+            m.name, m.backend, m.kind, str(m.context_length), versions, ", ".join(a.name for a in m.adapters) or "-"
+        )
     console().print(table)
     return 0
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "compress a model: run a recipe (the default), or one step (merge, prune, distil, quantize, export), or report on artifacts"
-ACTIONS = ("run", "merge", "prune", "distil", "quantize", "export", "report")
+from compress import registry
+
+METHODS = [m.name for m in registry.methods()]  # every compress/<method>/ folder, in pipeline order
+HELP = f"compress a model: run a recipe (the default), or one step ({', '.join(METHODS)}), or report on artifacts"
+ACTIONS = ("run", *METHODS, "report")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
   enclave compress --recipe compress/recipes/demo.yaml
@@ -22,7 +25,6 @@ EPILOG = """examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from compress.config import DistilSettings, ExportSettings, MergeSettings, PruneSettings, QuantizeSettings
     from enclave.config import add_config_flags
 
     parser.epilog = EPILOG
@@ -33,26 +35,36 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the measurements at the end")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. overwrite=true")
     p.set_defaults(func=_run)
-    for name, settings, helptext in (("merge", MergeSettings, "fold a LoRA adapter into its base (PEFT merge_and_unload)"),
-                                     ("prune", PruneSettings, "magnitude, Wanda or SparseGPT pruning, unstructured or N:M"),
-                                     ("distil", DistilSettings, "knowledge distillation from a teacher (default: the input's parent)"),
-                                     ("quantize", QuantizeSettings, "GPTQ or round-to-nearest weight quantization (GPTQModel), GPTQ format"),
-                                     ("export", ExportSettings, "ONNX (with KV cache, fp32/int8/int4) or a vLLM directory, checked after writing")):  # fmt: skip
-        p = sub.add_parser(name, help=helptext, description=helptext)
+    for method in registry.methods():
+        p = sub.add_parser(method.name, help=method.help, description=method.help)
         p.add_argument("--model", required=True, help="a store name, checkpoint path or artifact directory")
         p.add_argument("--out", type=Path, required=True, help="the artifact directory to write")
         p.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
-        add_config_flags(p, settings)
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. calibration.samples=32")
-        p.set_defaults(func=_step, step=name, settings=settings)
-    p = sub.add_parser("report", help="measure artifacts side by side: size, sparsity, perplexity, task scores and the share of the tuning gain kept, speed",
-                       description="Measure artifacts side by side. The first path is the base model: the share of the tuning gain "
-                                   "each artifact keeps is measured from it to the first merged (tuned) artifact.")  # fmt: skip
+        add_config_flags(p, method.settings)
+        p.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. calibration.samples=32"
+        )
+        p.set_defaults(func=_step, step=method.name, settings=method.settings)
+    p = sub.add_parser(
+        "report",
+        help="measure artifacts side by side: size, sparsity, perplexity, task scores "
+        "and the share of the tuning gain kept, speed",
+        description="Measure artifacts side by side. The first path is the base model: the share of the tuning gain "
+        "each artifact keeps is measured from it to the first merged (tuned) artifact.",
+    )
     p.add_argument("paths", nargs="+", help="artifact directories or model names, the base model first")
-    p.add_argument("--out", type=Path, default=Path("compress-report"), help="where report.md, report.json and report.png go")
-    p.add_argument("--task", default="builtin:clinical_legal", help="the data set whose test split is scored (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("compress-report"), help="where report.md, report.json and report.png go"
+    )
+    p.add_argument(
+        "--task",
+        default="builtin:clinical_legal",
+        help="the data set whose test split is scored (default: %(default)s)",
+    )
     p.add_argument("--no-task", action="store_true", help="skip the task scores")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval settings, e.g. heldout=my.txt max_tokens=4096")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="eval settings, e.g. heldout=my.txt max_tokens=4096"
+    )
     p.set_defaults(func=_report)
 
 
@@ -66,7 +78,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _step(args: argparse.Namespace) -> int:
-    from compress import registry
     from enclave.config import flag_values, load_config
 
     settings = load_config(args.settings, None, args.overrides, flags=flag_values(args))

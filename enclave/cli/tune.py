@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "fine-tune a LoRA adapter on your data (run, the default), check data (check-data), search hyperparameters (search)"
+HELP = (
+    "fine-tune a LoRA adapter on your data (run, the default), check data (check-data), search hyperparameters (search)"
+)
 ACTIONS = ("run", "check-data", "search")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
@@ -29,8 +31,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = parser.add_subparsers(dest="tune_action", metavar="ACTION", required=True)
-    p = sub.add_parser("run", help="tune an adapter (the default action)", epilog=EPILOG + "\n\n" + _keys(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "run",
+        help="tune an adapter (the default action)",
+        epilog=EPILOG + "\n\n" + _keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _recipe_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run")
     p.add_argument("--restart", action="store_true", help="discard an earlier run's checkpoints and start over")
@@ -43,10 +49,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("search", help="hyperparameter search with Optuna (grid, random or TPE; resumable)")
     _recipe_args(p)
     p.add_argument("--trials", type=int, default=8, help="number of trials to run now (default 8)")
-    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe", help="how trials are chosen (default tpe)")
+    p.add_argument(
+        "--sampler", choices=["tpe", "random", "grid"], default="tpe", help="how trials are chosen (default tpe)"
+    )
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per trial (default 30)")
-    p.add_argument("--study-dir", type=Path, help="where the study (SQLite), table, plot and best recipe go (default $ENCLAVE_HOME/studies/NAME)")
-    p.add_argument("--space", type=Path, help="a YAML search space (default: the built-in one over lr, r, alpha, dropout, batch size, warmup)")
+    p.add_argument(
+        "--study-dir",
+        type=Path,
+        help="where the study (SQLite), table, plot and best recipe go (default $ENCLAVE_HOME/studies/NAME)",
+    )
+    p.add_argument(
+        "--space",
+        type=Path,
+        help="a YAML search space (default: the built-in one over lr, r, alpha, dropout, batch size, warmup)",
+    )
     p.set_defaults(func=_search)
 
 
@@ -85,5 +101,12 @@ def _check_data(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from tune.search import search
 
-    search(_load(args), trials=args.trials, sampler=args.sampler, steps=args.steps, study_dir=args.study_dir, space_path=args.space)
+    search(
+        _load(args),
+        trials=args.trials,
+        sampler=args.sampler,
+        steps=args.steps,
+        study_dir=args.study_dir,
+        space_path=args.space,
+    )
     return 0

@@ -29,5 +29,8 @@ def run(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(f"  - {problem}", file=sys.stderr)
         else:
-            print(f"ok     {path}  ({manifest.kind} {manifest.name}, {len(manifest.files)} files, {manifest.digest[:19]}…)")
+            print(
+                f"ok     {path}  "
+                f"({manifest.kind} {manifest.name}, {len(manifest.files)} files, {manifest.digest[:19]}…)"
+            )
     return 1 if failed else 0

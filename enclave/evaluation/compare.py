@@ -20,18 +20,22 @@ class Forgetting:
 
     @property
     def ratio(self) -> float:
+        """Perplexity after tuning divided by perplexity before; above 1.0 the tuned model is worse."""
         return self.after / self.before
 
     def warning(self, label: str) -> str | None:
         """A sentence for the report when the ratio passes the threshold, else None."""
         if not self.ratio > self.threshold:
             return None
-        return (f"{label}: general-text perplexity ({self.text}) went from {self.before:.1f} to {self.after:.1f} "
-                f"({self.ratio:.2f}x, above the {self.threshold:g}x threshold): the model has lost general language "
-                "while learning the task; fewer epochs, a lower lr or rank, or general text mixed into the data "
-                "reduce it (eval.forgetting_threshold sets the threshold)")  # fmt: skip
+        return (
+            f"{label}: general-text perplexity ({self.text}) went from {self.before:.1f} to {self.after:.1f} "
+            f"({self.ratio:.2f}x, above the {self.threshold:g}x threshold): the model has lost general language "
+            "while learning the task; fewer epochs, a lower lr or rank, or general text mixed into the data "
+            "reduce it (eval.forgetting_threshold sets the threshold)"
+        )
 
     def to_dict(self) -> dict:
+        """The fields as a dict for JSON reports, with ``ratio`` added."""
         return {**asdict(self), "ratio": self.ratio}
 
 

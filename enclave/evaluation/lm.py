@@ -59,6 +59,7 @@ class TorchLM:
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """Log-probability of each next token of one sequence, in one forward pass; empty below two ids."""
         import torch
 
         if len(ids) < 2:
@@ -109,8 +110,14 @@ class TorchLM:
                 ids[j, width - len(p) :] = torch.tensor(p)
                 mask[j, width - len(p) :] = 1
             with torch.no_grad():
-                new = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                          eos_token_id=sorted(eos_ids) or None, pad_token_id=self.pad_id)[:, width:]  # fmt: skip
+                new = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=sorted(eos_ids) or None,
+                    pad_token_id=self.pad_id,
+                )[:, width:]
             out += [_cut(row.tolist(), eos_ids) for row in new]
         return out
 
@@ -121,7 +128,7 @@ class OnnxLM:
     engine = "onnxruntime"
 
     def __init__(self, root: Path, threads: int | None = None) -> None:
-        from enclave.ort import Generator, LogitsSession, genai_config
+        from enclave.onnx_runtime import Generator, LogitsSession, genai_config
 
         self.root = Path(root)
         self.session = LogitsSession(self.root, threads)
@@ -129,12 +136,19 @@ class OnnxLM:
         self.context_length = int(genai_config(self.root)["model"]["context_length"])
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """Log-probability of each next token of one sequence, from the full-sequence logits of ``model.onnx``."""
         return _logprobs_of(self.session.logits(ids[:-1]), ids[1:])
 
     def token_logprobs_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        """``token_logprobs`` of each sequence, one sequence at a time (no batching)."""
         return [self.token_logprobs(ids) for ids in seqs]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
+        """The greedy continuation of each prompt, one at a time, up to and without the first end-of-sequence token.
+
+        The onnxruntime-genai generator is created on the first call, so scoring log-probabilities
+        alone never loads it.
+        """
         if self._generator is None:
             self._generator = self._make_generator()
         return [_cut(self._generator.greedy(p, max_new_tokens)[0], eos_ids) for p in prompts]
@@ -150,8 +164,13 @@ class VllmLM:
 
         vllm = require("vllm", "vllm")
         self.vllm = vllm
-        self.llm = vllm.LLM(model=str(root), gpu_memory_utilization=memory_share, enable_lora=adapter is not None,
-                            trust_remote_code=False, disable_log_stats=True)  # fmt: skip
+        self.llm = vllm.LLM(
+            model=str(root),
+            gpu_memory_utilization=memory_share,
+            enable_lora=adapter is not None,
+            trust_remote_code=False,
+            disable_log_stats=True,
+        )
         self.lora = None
         if adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -163,17 +182,23 @@ class VllmLM:
         return {"prompt_token_ids": ids}
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """Log-probability of each next token of one sequence, from vLLM's prompt log-probabilities."""
         params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         out = self.llm.generate([self._prompt(ids)], params, lora_request=self.lora, use_tqdm=False)[0]
         # prompt_logprobs[t] holds the prompt token t's own log-probability (None for the first).
         return np.array([out.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))], dtype=np.float64)
 
     def token_logprobs_many(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        """``token_logprobs`` of each sequence, all submitted in one call for vLLM to batch."""
         params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outs = self.llm.generate([self._prompt(ids) for ids in seqs], params, lora_request=self.lora, use_tqdm=False)
-        return [np.array([o.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))], dtype=np.float64) for o, ids in zip(outs, seqs)]
+        return [
+            np.array([o.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))], dtype=np.float64)
+            for o, ids in zip(outs, seqs)
+        ]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
+        """The greedy continuation of each prompt, all in one call, up to and without the first end-of-sequence id."""
         params = self.vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=sorted(eos_ids))
         outs = self.llm.generate([self._prompt(p) for p in prompts], params, lora_request=self.lora, use_tqdm=False)
         return [_cut(list(o.outputs[0].token_ids), eos_ids) for o in outs]

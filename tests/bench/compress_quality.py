@@ -27,9 +27,13 @@ from pathlib import Path
 import torch
 
 from compress import registry
-from compress.config import Calibration, EvalSettings, ExportSettings, PruneSettings, QuantizeSettings
+from compress.config import EvalSettings
+from compress.export.config import ExportSettings
 from compress.io import open_model
+from compress.prune.config import PruneSettings
+from compress.quantize.config import QuantizeSettings
 from compress.report import report
+from compress.settings import Calibration
 from compress.text import perplexity
 from enclave.manifest import read_manifest
 
@@ -67,17 +71,39 @@ def quantize_suite(model: str, ev: EvalSettings, out: Path, groups=(64, 32), kee
         for group in groups:
             for method in ("rtn", "gptq"):
                 settings = QuantizeSettings(method=method, bits=4, group_size=group)
-                path = keep if keep and method == "gptq" and settings == QuantizeSettings() else Path(tmp) / f"{method}-g{group}"
-                rows.append({"method": method, "group_size": group, **timed_step("quantize", model, settings, path, ev)})
+                path = (
+                    keep
+                    if keep and method == "gptq" and settings == QuantizeSettings()
+                    else Path(tmp) / f"{method}-g{group}"
+                )
+                rows.append(
+                    {"method": method, "group_size": group, **timed_step("quantize", model, settings, path, ev)}
+                )
     for r in rows:
         r["gap"] = r["perplexity"] - dense
         rtn = next(x["gap"] for x in rows if x["method"] == "rtn" and x["group_size"] == r["group_size"])
         r["gap_vs_rtn"] = r["gap"] / rtn if rtn else float("nan")
-    save(out, "quantize_quality", {"model": model, "heldout": ev.heldout, "dense_perplexity": dense,
-                                   "calibration": QuantizeSettings().calibration.model_dump(), "rows": rows})  # fmt: skip
-    print(f"dense perplexity {dense:.2f}\n| method | bits | group | perplexity | gap to dense | gap / RTN's | time s |\n|---|---|---|---:|---:|---:|---:|")
+    save(
+        out,
+        "quantize_quality",
+        {
+            "model": model,
+            "heldout": ev.heldout,
+            "dense_perplexity": dense,
+            "calibration": QuantizeSettings().calibration.model_dump(),
+            "rows": rows,
+        },
+    )
+    print(
+        f"dense perplexity {dense:.2f}\n"
+        "| method | bits | group | perplexity | gap to dense | gap / RTN's | time s |\n"
+        "|---|---|---|---:|---:|---:|---:|"
+    )
     for r in rows:
-        print(f"| {r['method']} | 4 | {r['group_size']} | {r['perplexity']:.2f} | {r['gap']:+.2f} | {r['gap_vs_rtn']:.2f} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['method']} | 4 | {r['group_size']} | {r['perplexity']:.2f} | {r['gap']:+.2f} "
+            f"| {r['gap_vs_rtn']:.2f} | {r['seconds']:.0f} |"
+        )
 
 
 def export_suite(model: str, ev: EvalSettings, out: Path, gptq: Path | None = None, gptq_row: bool = True) -> None:
@@ -88,24 +114,44 @@ def export_suite(model: str, ev: EvalSettings, out: Path, gptq: Path | None = No
         root = Path(tmp)
         paths = [model]
         for precision in ("fp32", "int8", "int4"):
-            paths.append(str(registry.get("export").run(model, ExportSettings(precision=precision), root / f"onnx-{precision}", f"onnx-{precision}")))
+            paths.append(
+                str(
+                    registry.get("export").run(
+                        model, ExportSettings(precision=precision), root / f"onnx-{precision}", f"onnx-{precision}"
+                    )
+                )
+            )
         if gptq is None or not gptq.is_dir():
             gptq = registry.get("quantize").run(model, QuantizeSettings(), root / "gptq-g64", "gptq-g64")
         paths += [str(gptq)] if gptq_row else []
-        paths.append(str(registry.get("export").run(str(gptq), ExportSettings(precision="int4"), root / "onnx-gptq", "onnx-gptq")))
+        paths.append(
+            str(
+                registry.get("export").run(str(gptq), ExportSettings(precision="int4"), root / "onnx-gptq", "onnx-gptq")
+            )
+        )
         rows = report(paths, ev, out / "export-report", task_data=None)
         for row in rows:  # how often each export's greedy tokens equal PyTorch's, from its manifest
             metrics = read_manifest(Path(row["artifact"])).metrics if row["kind"].startswith("onnx") else {}
-            row["greedy_identical"] = f"{metrics['greedy_identical_prompts']}/{metrics['greedy_prompts']}" if metrics else None
+            row["greedy_identical"] = (
+                f"{metrics['greedy_identical_prompts']}/{metrics['greedy_prompts']}" if metrics else None
+            )
     save(out, "export_quality", {"model": model, "heldout": ev.heldout, "rows": rows})
-    print("| artifact | engine | MB | perplexity | greedy = PyTorch | decode tok/s | TTFT s |\n|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| artifact | engine | MB | perplexity | greedy = PyTorch | decode tok/s | TTFT s |\n"
+        "|---|---|---:|---:|---:|---:|---:|"
+    )
     for r in rows:
-        print(f"| {r['name']} | {r['engine']} | {r['size_bytes'] / 1e6:.1f} | {r['perplexity']:.2f} | {r['greedy_identical'] or '-'} | "
-              f"{r['decode_tokens_per_second']:.1f} | {r['ttft_seconds']:.3f} |")
+        print(
+            f"| {r['name']} | {r['engine']} | {r['size_bytes'] / 1e6:.1f} | {r['perplexity']:.2f} "
+            f"| {r['greedy_identical'] or '-'} | "
+            f"{r['decode_tokens_per_second']:.1f} | {r['ttft_seconds']:.3f} |"
+        )
 
 
 def prune_suite(model: str, ev: EvalSettings, out: Path, patterns=("unstructured", "2:4")) -> None:
-    cal = Calibration(source=["builtin:clinical_legal", "builtin:psf_license"], samples=32, seq_len=256)  # train split + text
+    cal = Calibration(
+        source=["builtin:clinical_legal", "builtin:psf_license"], samples=32, seq_len=256
+    )  # train split + text
     dense = held_out_ppl(model, ev)
     rows = [{"method": "dense", "pattern": "-", "perplexity": dense, "seconds": 0.0}]
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,10 +168,15 @@ def prune_suite(model: str, ev: EvalSettings, out: Path, patterns=("unstructured
             if r["pattern"] == pattern:
                 r["gap_vs_magnitude"] = r["gap"] / mag if mag else float("nan")
     save(out, "prune_quality", {"model": model, "heldout": ev.heldout, "calibration": cal.model_dump(), "rows": rows})
-    print("| method | pattern | perplexity | gap to dense | gap / magnitude's | time s |\n|---|---|---:|---:|---:|---:|")
+    print(
+        "| method | pattern | perplexity | gap to dense | gap / magnitude's | time s |\n|---|---|---:|---:|---:|---:|"
+    )
     for r in rows:
         ratio = f"{r['gap_vs_magnitude']:.2f}" if "gap_vs_magnitude" in r else "-"
-        print(f"| {r['method']} | {r['pattern']} | {r['perplexity']:.2f} | {r['gap']:+.2f} | {ratio} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['method']} | {r['pattern']} | {r['perplexity']:.2f} | {r['gap']:+.2f} "
+            f"| {ratio} | {r['seconds']:.0f} |"
+        )
 
 
 def bars_suite(model: str, ev: EvalSettings, out: Path) -> None:

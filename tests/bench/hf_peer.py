@@ -40,8 +40,14 @@ def transformers_engine(path: str, threads: int):
     def generate(prompt: str, max_tokens: int) -> list[float]:
         clock = Clock(time.perf_counter())
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-        model.generate(**ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, streamer=clock,
-                       pad_token_id=tok.eos_token_id)  # fmt: skip
+        model.generate(
+            **ids,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            streamer=clock,
+            pad_token_id=tok.eos_token_id,
+        )
         return clock.arrivals
 
     encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -70,7 +76,12 @@ def genai_engine(path: str, threads: int):
             arrivals.append(time.perf_counter() - sent)
         return arrivals
 
-    return generate, lambda text: list(tok.encode(text)), lambda ids: tok.decode(ids), f"onnxruntime-genai {og.__version__}"
+    return (
+        generate,
+        lambda text: list(tok.encode(text)),
+        lambda ids: tok.decode(ids),
+        f"onnxruntime-genai {og.__version__}",
+    )
 
 
 ENGINES = {"transformers": transformers_engine, "genai": genai_engine}

@@ -32,10 +32,23 @@ class Build:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        missing = [p for p in ("bin/llama-server", "bin/llama-bench", "bin/llama-quantize", "convert/convert_hf_to_gguf.py", "convert/site", "build-info.json")
-                   if not (self.root / p).exists()]  # fmt: skip
+        missing = [
+            p
+            for p in (
+                "bin/llama-server",
+                "bin/llama-bench",
+                "bin/llama-quantize",
+                "convert/convert_hf_to_gguf.py",
+                "convert/site",
+                "build-info.json",
+            )
+            if not (self.root / p).exists()
+        ]
         if missing:
-            raise SystemExit(f"--llama {self.root}: missing {', '.join(missing)}; build it with `make bench-env` (tests/bench/build-llama.sh)")
+            raise SystemExit(
+                f"--llama {self.root}: missing {', '.join(missing)}; "
+                "build it with `make bench-env` (tests/bench/build-llama.sh)"
+            )
         self.info = json.loads((self.root / "build-info.json").read_text())
 
     def tool(self, name: str) -> Path:
@@ -43,13 +56,19 @@ class Build:
 
     @property
     def env(self) -> dict:
-        return {**os.environ, "LD_LIBRARY_PATH": str(self.root / "bin")}  # its ggml/llama libraries sit beside the tools
+        return {
+            **os.environ,
+            "LD_LIBRARY_PATH": str(self.root / "bin"),
+        }  # its ggml/llama libraries sit beside the tools
 
     def run(self, *args, env: dict | None = None) -> str:
         """Run a tool (or ``python`` with a script) and return its stdout; its stderr if it fails."""
         proc = subprocess.run([str(a) for a in args], env=env or self.env, capture_output=True, text=True)
         if proc.returncode:
-            raise RuntimeError(f"{Path(str(args[0])).name} {' '.join(str(a) for a in args[1:3])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{Path(str(args[0])).name} {' '.join(str(a) for a in args[1:3])} ... "
+                f"failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         return proc.stdout
 
 
@@ -64,7 +83,16 @@ def ggufs(build: Build, model: Path, shipped: Path, key: str, quants, threads: i
         # Enclave's python (torch, transformers), sentencepiece from beside the script; the script
         # puts its own gguf-py first on the path
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(build.root / "convert" / "site")}
-        build.run(sys.executable, build.root / "convert" / "convert_hf_to_gguf.py", model, "--outtype", "f32", "--outfile", tmp, env=env)
+        build.run(
+            sys.executable,
+            build.root / "convert" / "convert_hf_to_gguf.py",
+            model,
+            "--outtype",
+            "f32",
+            "--outfile",
+            tmp,
+            env=env,
+        )
         tmp.replace(f32)
     out = {"F32": f32}
     for q in quants:
@@ -82,7 +110,23 @@ def ggufs(build: Build, model: Path, shipped: Path, key: str, quants, threads: i
 
 def llama_bench(build: Build, gguf: Path, threads: int) -> dict:
     """`llama-bench -fa 1 -t THREADS -p 512 -n 128` (5 repetitions each): tokens/s."""
-    tests = json.loads(build.run(build.tool("llama-bench"), "-m", gguf, "-t", threads, "-fa", "1", "-p", BENCH_PROMPT, "-n", BENCH_GEN, "-o", "json"))
+    tests = json.loads(
+        build.run(
+            build.tool("llama-bench"),
+            "-m",
+            gguf,
+            "-t",
+            threads,
+            "-fa",
+            "1",
+            "-p",
+            BENCH_PROMPT,
+            "-n",
+            BENCH_GEN,
+            "-o",
+            "json",
+        )
+    )
     out = {}
     for test in tests:
         name = f"pp{test['n_prompt']}" if test["n_prompt"] else f"tg{test['n_gen']}"
@@ -93,11 +137,35 @@ def llama_bench(build: Build, gguf: Path, threads: int) -> dict:
     return out
 
 
-def server_engine(build: Build, gguf: Path, threads: int, streams: tuple[int, ...], run_load, port: int, slots: int = 8) -> dict:
+def server_engine(
+    build: Build, gguf: Path, threads: int, streams: tuple[int, ...], run_load, port: int, slots: int = 8
+) -> dict:
     """llama-server with flash attention on and ``slots`` parallel slots (continuous batching is
     its default), over HTTP: the single-stream workload, then ``run_load`` at each of ``streams``."""
-    cmd = [build.tool("llama-server"), "-m", gguf, "--host", "127.0.0.1", "--port", port, "-t", threads, "-tb", threads, "-fa", "on",
-           "-np", slots, "-c", slots * 1024, "-cram", "0", "--no-webui", "-lv", "0"]  # fmt: skip
+    cmd = [
+        build.tool("llama-server"),
+        "-m",
+        gguf,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "-t",
+        threads,
+        "-tb",
+        threads,
+        "-fa",
+        "on",
+        "-np",
+        slots,
+        "-c",
+        slots * 1024,
+        "-cram",
+        "0",
+        "--no-webui",
+        "-lv",
+        "0",
+    ]
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=build.env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,8 +193,16 @@ def completion(base: str):
     prompt cache, tokens streamed as server-sent events."""
 
     def request(prompt: str, max_tokens: int) -> list[float]:
-        body = json.dumps({"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "ignore_eos": True,
-                           "cache_prompt": False, "stream": True}).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "prompt": prompt,
+                "n_predict": max_tokens,
+                "temperature": 0.0,
+                "ignore_eos": True,
+                "cache_prompt": False,
+                "stream": True,
+            }
+        ).encode()
         req = urllib.request.Request(base + "/completion", body, {"Content-Type": "application/json"})
         sent = time.perf_counter()
         arrivals: list[float] = []
@@ -142,4 +218,3 @@ def completion(base: str):
         return arrivals
 
     return request
-

@@ -35,8 +35,17 @@ class LlamaCppLM:
     def __init__(self, path: str, threads: int, window: int = WINDOW) -> None:
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(path, n_ctx=window + 1, n_batch=window, n_ubatch=window, n_threads=threads, n_threads_batch=threads,
-                                   logits_all=True, flash_attn=True, verbose=False)  # fmt: skip
+        self.llm = llama_cpp.Llama(
+            path,
+            n_ctx=window + 1,
+            n_batch=window,
+            n_ubatch=window,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            flash_attn=True,
+            verbose=False,
+        )
         self.context_length = window + 1  # a window of `window` positions scores `window + 1` ids
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
@@ -70,7 +79,11 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.ids) as f:
         ids = json.load(f)
-    result = {"version": llama_cpp.__version__, "tokens": len(ids) - 1, "perplexity": {p: perplexity(p, ids, args.threads) for p in args.gguf}}
+    result = {
+        "version": llama_cpp.__version__,
+        "tokens": len(ids) - 1,
+        "perplexity": {p: perplexity(p, ids, args.threads) for p in args.gguf},
+    }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

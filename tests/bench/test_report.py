@@ -26,10 +26,23 @@ def test_prompt_windows_have_the_asked_length():
 
 
 def test_render_rewrites_only_generated_sections():
-    md = "# B\n\nprose stays\n\n<!-- generated:tune_speed -->\nold figures\n<!-- /generated:tune_speed -->\n\nmore prose\n<!-- generated:header -->\n<!-- /generated:header -->\n"
-    sides = {"enclave": {"tokens_per_second": 300.0, "seconds": 10, "mean_loss": 1.5, "peak_rss_mb": 4096},
-             "trainer": {"tokens_per_second": 150.0, "seconds": 20, "mean_loss": 1.6, "peak_rss_mb": 5120}}  # fmt: skip
-    results = {"tune_speed": {"date": "2026-11-24", "recipe": "r.yaml", "steps": 8, "sides": sides, "bar": {"value": 2.0, "threshold": 1.0, "met": True}}}
+    md = (
+        "# B\n\nprose stays\n\n<!-- generated:tune_speed -->\nold figures\n<!-- /generated:tune_speed -->\n\n"
+        "more prose\n<!-- generated:header -->\n<!-- /generated:header -->\n"
+    )
+    sides = {
+        "enclave": {"tokens_per_second": 300.0, "seconds": 10, "mean_loss": 1.5, "peak_rss_mb": 4096},
+        "trainer": {"tokens_per_second": 150.0, "seconds": 20, "mean_loss": 1.6, "peak_rss_mb": 5120},
+    }
+    results = {
+        "tune_speed": {
+            "date": "2026-11-24",
+            "recipe": "r.yaml",
+            "steps": 8,
+            "sides": sides,
+            "bar": {"value": 2.0, "threshold": 1.0, "met": True},
+        }
+    }
     info = {"machine": report.machine(), "versions": {"torch": "2.13.0"}}
     out = report.render(md, results, info)
     assert "old figures" not in out and "prose stays" in out and "more prose" in out
@@ -40,12 +53,29 @@ def test_render_rewrites_only_generated_sections():
 
 
 def load(one: float, eight: float) -> list[dict]:
-    return [{"streams": n, "requests": 4, "tokens_per_second": t, "e2e_p50_s": 1.0, "e2e_p99_s": 1.2, "ttft_p50_s": 0.05} for n, t in ((1, one), (8, eight))]
+    return [
+        {"streams": n, "requests": 4, "tokens_per_second": t, "e2e_p50_s": 1.0, "e2e_p99_s": 1.2, "ttft_p50_s": 0.05}
+        for n, t in ((1, one), (8, eight))
+    ]
 
 
-def engine(family: str, precision: str, ppl: float, decode: float, eight: float | None = None, ttft512: float = 0.5, **extra) -> dict:
-    e = {"family": family, "precision": precision, "perplexity": ppl, "weights": f"{precision} weights", "decode_tokens_per_second": decode,
-         "itl_p50_ms": 8.0, "itl_p99_ms": 12.0, "ttft_128_s": 0.1, "ttft_512_s": ttft512, "bytes_per_token": 100e6, "peak_rss_mb": 500, **extra}  # fmt: skip
+def engine(
+    family: str, precision: str, ppl: float, decode: float, eight: float | None = None, ttft512: float = 0.5, **extra
+) -> dict:
+    e = {
+        "family": family,
+        "precision": precision,
+        "perplexity": ppl,
+        "weights": f"{precision} weights",
+        "decode_tokens_per_second": decode,
+        "itl_p50_ms": 8.0,
+        "itl_p99_ms": 12.0,
+        "ttft_128_s": 0.1,
+        "ttft_512_s": ttft512,
+        "bytes_per_token": 100e6,
+        "peak_rss_mb": 500,
+        **extra,
+    }
     if eight is not None:
         e["load"] = load(decode * 0.9, eight)
     return e
@@ -66,13 +96,24 @@ def serving_result() -> dict:
         "transformers": engine("transformers", "fp32", 20.0, 15.0),
     }
     build = {"llama_cpp_python": "0.3.36", "features": ["AVX", "AVX2", "FMA"], "native": False}
-    return {"date": "2026-12-01", "threads": 2, "decode_tokens": 128, "bandwidth_gbps": 30.0, "reference_perplexity": 20.0,
-            "equal_quality": qs.EQUAL_QUALITY, "llama_cpp_build": build, "engines": engines, "bars": qs.bars(engines, 20.0)}  # fmt: skip
+    return {
+        "date": "2026-12-01",
+        "threads": 2,
+        "decode_tokens": 128,
+        "bandwidth_gbps": 30.0,
+        "reference_perplexity": 20.0,
+        "equal_quality": qs.EQUAL_QUALITY,
+        "llama_cpp_build": build,
+        "engines": engines,
+        "bars": qs.bars(engines, 20.0),
+    }
 
 
 def test_points_are_relative_to_fp32_and_skip_the_check_row():
     pts = qs.points(serving_result()["engines"], 20.0)
-    assert [p.label for p in pts][:2] == ["Enclave int8", "Enclave int4"] and "llama.cpp F32" not in [p.label for p in pts]
+    assert [p.label for p in pts][:2] == ["Enclave int8", "Enclave int4"] and "llama.cpp F32" not in [
+        p.label for p in pts
+    ]
     q8 = next(p for p in pts if p.precision == "Q8_0")
     assert q8.relative == 0 and q8.single == 80.0 and q8.streams8 == 250.0
     assert next(p for p in pts if p.family == "transformers").streams8 is None  # not a server: left panel only
@@ -87,17 +128,27 @@ def test_equal_or_better_quality_reading():
     assert [r["single"] for r in int8["peers"]] == pytest.approx([120 / 80, 120 / 100])
     assert [r["streams8"] for r in int8["peers"]] == pytest.approx([400 / 250, 400 / 200])
     assert int8["faster_single"] and int8["faster_streams8"]
-    assert [r["peer"].precision for r in qs.comparisons(pts, tolerance=0)[0]["peers"]] == ["Q8_0"]  # strict: Q4_1 is worse
+    assert [r["peer"].precision for r in qs.comparisons(pts, tolerance=0)[0]["peers"]] == [
+        "Q8_0"
+    ]  # strict: Q4_1 is worse
     int4 = by["int4"]  # every llama.cpp point is at least as good; Q4_0 decodes faster
     assert len(int4["peers"]) == 3 and not int4["faster_single"] and int4["faster_streams8"]
 
 
 def test_bars_take_the_best_llama_cpp_point_at_equal_quality():
     b = serving_result()["bars"]
-    assert b["decode_vs_llama_cpp"]["value"] == pytest.approx(1.2) and b["decode_vs_llama_cpp"]["against"] == "llama.cpp Q4_1"
-    assert b["streams8_vs_llama_server"]["value"] == pytest.approx(1.6) and b["streams8_vs_llama_server"]["against"] == "llama.cpp Q8_0"
+    assert (
+        b["decode_vs_llama_cpp"]["value"] == pytest.approx(1.2)
+        and b["decode_vs_llama_cpp"]["against"] == "llama.cpp Q4_1"
+    )
+    assert (
+        b["streams8_vs_llama_server"]["value"] == pytest.approx(1.6)
+        and b["streams8_vs_llama_server"]["against"] == "llama.cpp Q8_0"
+    )
     assert b["ttft512_vs_llama_cpp"]["value"] == pytest.approx(0.6 / 0.8) and b["ttft512_vs_llama_cpp"]["met"]
-    assert b["decode_vs_transformers"]["value"] == pytest.approx(8.0) and b["streams8_vs_own_single"]["value"] == pytest.approx(400 / 108)
+    assert b["decode_vs_transformers"]["value"] == pytest.approx(8.0) and b["streams8_vs_own_single"][
+        "value"
+    ] == pytest.approx(400 / 108)
     engines = serving_result()["engines"]
     engines["enclave-onnx-int8"]["perplexity"] = 19.0  # better than every llama.cpp file: nothing to compare with
     none = qs.bars(engines, 20.0)["decode_vs_llama_cpp"]
@@ -106,14 +157,28 @@ def test_bars_take_the_best_llama_cpp_point_at_equal_quality():
 
 
 def test_render_writes_the_quality_speed_and_serving_sections():
-    md = ("<!-- generated:header -->\n<!-- /generated:header -->\n<!-- generated:serving -->\nold\n<!-- /generated:serving -->\n"
-          "<!-- generated:quality_speed -->\nold\n<!-- /generated:quality_speed -->\n")  # fmt: skip
-    out = report.render(md, {"serving": serving_result()}, {"machine": report.machine(), "versions": {"torch": "2.13.0"}})
+    md = (
+        "<!-- generated:header -->\n<!-- /generated:header -->\n"
+        "<!-- generated:serving -->\nold\n<!-- /generated:serving -->\n"
+        "<!-- generated:quality_speed -->\nold\n<!-- /generated:quality_speed -->\n"
+    )
+    out = report.render(
+        md, {"serving": serving_result()}, {"machine": report.machine(), "versions": {"torch": "2.13.0"}}
+    )
     assert "old" not in out and "Python 3" in out and "; torch 2.13.0; llama.cpp from" in out
-    assert out.startswith("<!-- generated:header -->\nMachine: ") and "; llama.cpp from the llama-cpp-python 0.3.36 sdist (GGML_NATIVE off, " in out
+    assert (
+        out.startswith("<!-- generated:header -->\nMachine: ")
+        and "; llama.cpp from the llama-cpp-python 0.3.36 sdist (GGML_NATIVE off, " in out
+    )
     assert "GGML_NATIVE off, for the CPU features this machine grants: AVX, AVX2, FMA)." in out
-    assert "| llama.cpp | Q4_1 | 20.15 | +0.7% | 100.0 | 200.0 |" in out and "| transformers | fp32 | 20.00 | +0.0% | 15.0 | - |" in out
-    assert "Q8_0 (20.00): 1.50x single-stream, 1.60x at 8 streams; Q4_1 (20.15): 1.20x single-stream, 2.00x at 8 streams" in out
+    assert (
+        "| llama.cpp | Q4_1 | 20.15 | +0.7% | 100.0 | 200.0 |" in out
+        and "| transformers | fp32 | 20.00 | +0.0% | 15.0 | - |" in out
+    )
+    assert (
+        "Q8_0 (20.00): 1.50x single-stream, 1.60x at 8 streams; Q4_1 (20.15): 1.20x single-stream, 2.00x at 8 streams"
+        in out
+    )
     assert "**faster than each, in both**" in out and "**faster than each at 8 streams only**" in out
     assert "llama.cpp's F32 GGUF" in out and "scores 20.010 against transformers' 20.000" in out
     assert "| Q4_0 | 95 | 800.0 \u00b1 10.0 | 130.0 \u00b1 2.0 | 180.0 |" in out  # llama-bench table

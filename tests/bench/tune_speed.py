@@ -36,8 +36,16 @@ def setup(steps: int):
     from tune.train.model import load_base
 
     torch.set_num_threads(2)
-    cfg = load_config(TuneConfig, RECIPE, [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-                                           "train.patience=null"])  # fmt: skip
+    cfg = load_config(
+        TuneConfig,
+        RECIPE,
+        [
+            f"train.max_steps={steps}",
+            f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}",
+            "train.patience=null",
+        ],
+    )
     _, model, tokenizer = load_base(cfg.base_model)
     data = prepare(cfg.data, tokenizer, model.config.max_position_embeddings)
     torch.manual_seed(cfg.train.seed)
@@ -53,8 +61,13 @@ def enclave_side(steps: int) -> dict:
     model = apply_adapter(model, cfg.lora)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(model, train_set, val_set, tokenizer.pad_token_id, cfg.train, Path(tmp), distributed.Ranks())
-    return {"steps": result.steps, "tokens_per_second": result.tokens_per_second, "seconds": result.seconds,
-            "mean_loss": sum(r["loss"] for r in result.history) / len(result.history), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {
+        "steps": result.steps,
+        "tokens_per_second": result.tokens_per_second,
+        "seconds": result.seconds,
+        "mean_loss": sum(r["loss"] for r in result.history) / len(result.history),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def trainer_side(steps: int) -> dict:
@@ -65,8 +78,16 @@ def trainer_side(steps: int) -> dict:
 
     cfg, model, tokenizer, train_set, _ = setup(steps)
     lora = cfg.lora
-    model = peft.get_peft_model(model, peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))  # fmt: skip
+    model = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_set]
 
     class Clock(TrainerCallback):
@@ -88,15 +109,34 @@ def trainer_side(steps: int) -> dict:
     t = cfg.train
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=t.batch_size, max_steps=steps, learning_rate=t.lr, lr_scheduler_type="cosine",
-            warmup_steps=t.warmup_steps, optim="adamw_torch", weight_decay=t.weight_decay, train_sampling_strategy="group_by_length", report_to=[],
-            save_strategy="no", logging_steps=steps, dataloader_num_workers=0, seed=t.seed, use_cpu=True, disable_tqdm=True,
+            output_dir=tmp,
+            per_device_train_batch_size=t.batch_size,
+            max_steps=steps,
+            learning_rate=t.lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=t.warmup_steps,
+            optim="adamw_torch",
+            weight_decay=t.weight_decay,
+            train_sampling_strategy="group_by_length",
+            report_to=[],
+            save_strategy="no",
+            logging_steps=steps,
+            dataloader_num_workers=0,
+            seed=t.seed,
+            use_cpu=True,
+            disable_tqdm=True,
             remove_unused_columns=False,
-        )  # fmt: skip
+        )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()])
         out = trainer.train()
-    return {"steps": steps, "tokens_per_second": tokens["n"] / Clock.seconds, "seconds": Clock.seconds, "mean_loss": out.training_loss,
-            "peak_rss_mb": peak_rss_mb(), "versions": f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}"}  # fmt: skip
+    return {
+        "steps": steps,
+        "tokens_per_second": tokens["n"] / Clock.seconds,
+        "seconds": Clock.seconds,
+        "mean_loss": out.training_loss,
+        "peak_rss_mb": peak_rss_mb(),
+        "versions": f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}",
+    }
 
 
 SIDES = {"enclave": enclave_side, "trainer": trainer_side}
@@ -114,14 +154,29 @@ def main() -> None:
     results = {}
     for side in SIDES:
         print(f"tuning bench: {side} ({args.steps} steps)", flush=True)
-        done = subprocess.run([sys.executable, "-m", "tests.bench.tune_speed", "--side", side, "--steps", str(args.steps)],
-                              check=True, capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.bench.tune_speed", "--side", side, "--steps", str(args.steps)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         results[side] = json.loads(done.stdout.strip().splitlines()[-1])
     ratio = results["enclave"]["tokens_per_second"] / results["trainer"]["tokens_per_second"]
-    save(args.out, "tune_speed", {"recipe": str(RECIPE.name), "steps": args.steps, "sides": results,
-                                  "bar": {"value": ratio, "threshold": 1.0, "met": ratio >= 1.0}})  # fmt: skip
+    save(
+        args.out,
+        "tune_speed",
+        {
+            "recipe": str(RECIPE.name),
+            "steps": args.steps,
+            "sides": results,
+            "bar": {"value": ratio, "threshold": 1.0, "met": ratio >= 1.0},
+        },
+    )
     for side, r in results.items():
-        print(f"{side:8} {r['tokens_per_second']:7.1f} tokens/s  peak {r['peak_rss_mb'] / 1024:.2f} GB  mean loss {r['mean_loss']:.3f}")
+        print(
+            f"{side:8} {r['tokens_per_second']:7.1f} tokens/s  "
+            f"peak {r['peak_rss_mb'] / 1024:.2f} GB  mean loss {r['mean_loss']:.3f}"
+        )
     print(f"Enclave / Trainer: {ratio:.2f}x (bar >= 1.0): {'met' if ratio >= 1.0 else 'MISSED'}")
 
 

@@ -27,15 +27,23 @@ BANDWIDTH_GBPS = 30.0  # this machine's memory bandwidth, measured (../shared/ST
 HELDOUT = Path(__file__).resolve().parents[2] / "enclave" / "texts" / "heldout_apache2.txt"
 
 OPENINGS = [
-    "The court granted the motion to dismiss because", "The patient was admitted to the ward with",
-    "Under the terms of the lease, the tenant", "The nurse recorded the blood pressure and",
-    "In the appeal, counsel for the defendant argued that", "The discharge summary notes that the patient",
-    "The contract may be terminated by either party if", "After the surgery, the physician recommended",
-    "The jury returned a verdict after", "The radiology report describes a small",
-    "The witness testified that on the night of", "Her medication list includes",
-    "The statute of limitations for this claim", "On examination, the abdomen was",
-    "The judge instructed the jury to", "The laboratory results showed an elevated",
-]  # fmt: skip
+    "The court granted the motion to dismiss because",
+    "The patient was admitted to the ward with",
+    "Under the terms of the lease, the tenant",
+    "The nurse recorded the blood pressure and",
+    "In the appeal, counsel for the defendant argued that",
+    "The discharge summary notes that the patient",
+    "The contract may be terminated by either party if",
+    "After the surgery, the physician recommended",
+    "The jury returned a verdict after",
+    "The radiology report describes a small",
+    "The witness testified that on the night of",
+    "Her medication list includes",
+    "The statute of limitations for this claim",
+    "On examination, the abdomen was",
+    "The judge instructed the jury to",
+    "The laboratory results showed an elevated",
+]
 
 
 def windows(encode, decode, length: int, count: int) -> list[str]:
@@ -66,9 +74,18 @@ def percentile(xs: list[float], q: float) -> float:
 def stream_stats(arrivals: list[float]) -> dict:
     """One request's token arrival times (seconds after it was sent; one entry per token)."""
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    decode = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 and arrivals[-1] > arrivals[0] else float("nan")
-    return {"tokens": len(arrivals), "ttft": arrivals[0] if arrivals else float("nan"), "e2e": arrivals[-1] if arrivals else float("nan"),
-            "decode_tps": decode, "gaps": gaps}  # fmt: skip
+    decode = (
+        (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+        if len(arrivals) > 1 and arrivals[-1] > arrivals[0]
+        else float("nan")
+    )
+    return {
+        "tokens": len(arrivals),
+        "ttft": arrivals[0] if arrivals else float("nan"),
+        "e2e": arrivals[-1] if arrivals else float("nan"),
+        "decode_tps": decode,
+        "gaps": gaps,
+    }
 
 
 def single_stream(generate, encode, decode) -> dict:
@@ -79,10 +96,12 @@ def single_stream(generate, encode, decode) -> dict:
     gaps = [g for r in runs for g in r["gaps"]]
     rates = [r["decode_tps"] for r in runs]
     out = {
-        "decode_tokens_per_second": max(rates), "decode_tokens_per_second_median": statistics.median(rates),
+        "decode_tokens_per_second": max(rates),
+        "decode_tokens_per_second_median": statistics.median(rates),
         "tokens": [r["tokens"] for r in runs],
-        "itl_p50_ms": percentile(gaps, 50) * 1000, "itl_p99_ms": percentile(gaps, 99) * 1000,
-    }  # fmt: skip
+        "itl_p50_ms": percentile(gaps, 50) * 1000,
+        "itl_p99_ms": percentile(gaps, 99) * 1000,
+    }
     for length in TTFT_LENGTHS:
         times = [generate(p, 1)[0] for p in windows(encode, decode, length, REPEATS)]
         out[f"ttft_{length}_s"], out[f"ttft_{length}_s_median"] = min(times), statistics.median(times)
@@ -94,9 +113,16 @@ def load_row(streams: int, results: list[list[float]], wall: float) -> dict:
     stats = [stream_stats(r) for r in results]
     tokens = sum(s["tokens"] for s in stats)
     e2e = [s["e2e"] for s in stats]
-    return {"streams": streams, "requests": len(stats), "tokens": tokens, "seconds": wall,
-            "tokens_per_second": tokens / wall, "e2e_p50_s": percentile(e2e, 50), "e2e_p99_s": percentile(e2e, 99),
-            "ttft_p50_s": percentile([s["ttft"] for s in stats], 50)}  # fmt: skip
+    return {
+        "streams": streams,
+        "requests": len(stats),
+        "tokens": tokens,
+        "seconds": wall,
+        "tokens_per_second": tokens / wall,
+        "e2e_p50_s": percentile(e2e, 50),
+        "e2e_p99_s": percentile(e2e, 99),
+        "ttft_p50_s": percentile([s["ttft"] for s in stats], 50),
+    }
 
 
 def requests_for(streams: int) -> int:

@@ -11,7 +11,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from compress import registry
-from compress.config import Calibration, CompressRecipe, DistilSettings, PruneSettings, QuantizeSettings
+from compress.config import CompressRecipe
+from compress.distil.config import DistilSettings
+from compress.prune.config import PruneSettings
+from compress.quantize.config import QuantizeSettings
+from compress.settings import Calibration
 from enclave.config import load_config
 from enclave.errors import ConfigError
 from enclave.manifest import read_manifest
@@ -30,8 +34,10 @@ def leaky_dataset(path):
     """Named splits, records without one (placed by hash), and a train copy of a test record after it."""
     rows = []
     for i in range(90):
-        row = {"instruction": f"Record {i}: what is the code for {WORDS[i % 10]} number {i}?",
-               "output": f"The code is {code(i)}."}  # fmt: skip
+        row = {
+            "instruction": f"Record {i}: what is the code for {WORDS[i % 10]} number {i}?",
+            "output": f"The code is {code(i)}.",
+        }
         if i < 45:
             row["split"] = ("train", "test", "validation")[i % 3]
         rows.append(row)
@@ -49,8 +55,13 @@ def data(tmp_path, tiny_checkpoint):
     assert code(1) in held["test"]  # the record copied into train is scored
     assert any(int(c[2:5]) >= 45 for c in held["test"])  # so is at least one record placed by hash
     train_tokens = len(tokenizer("\n".join(r.text for r in splits["train"]))["input_ids"])
-    return {"path": str(path), "held": held["validation"] | held["test"], "test": held["test"], "train": splits["train"],
-            "samples": train_tokens // 64 - 1}  # fmt: skip
+    return {
+        "path": str(path),
+        "held": held["validation"] | held["test"],
+        "test": held["test"],
+        "train": splits["train"],
+        "samples": train_tokens // 64 - 1,
+    }
 
 
 def spy(monkeypatch, module, name: str, arg: int, caught: list):
@@ -68,7 +79,9 @@ def spy(monkeypatch, module, name: str, arg: int, caught: list):
 def assert_clean(caught: list, tokenizer, data) -> None:
     assert caught, "no token ids reached the algorithm"
     seen = set(re.findall(r"QK\d{3}X", "".join(tokenizer.decode(ids) for ids in caught)))
-    assert not seen & data["held"], f"validation/test records reached calibration or distillation: {sorted(seen & data['held'])}"
+    assert not seen & data["held"], (
+        f"validation/test records reached calibration or distillation: {sorted(seen & data['held'])}"
+    )
     assert len(seen) >= 0.9 * len(data["train"])  # nearly every train record did (the last partial sequence is cut)
 
 
@@ -78,7 +91,9 @@ def test_no_test_record_reaches_pruning_calibration(enclave_home, tiny_checkpoin
     caught = []
     spy(monkeypatch, prune_run, "run_layerwise", 1, caught)
     cal = Calibration(source=data["path"], samples=data["samples"], seq_len=64)
-    out = registry.get("prune").run(str(tiny_checkpoint), PruneSettings(algorithm="wanda", calibration=cal), tmp_path / "p", "p")
+    out = registry.get("prune").run(
+        str(tiny_checkpoint), PruneSettings(algorithm="wanda", calibration=cal), tmp_path / "p", "p"
+    )
     assert_clean(caught, AutoTokenizer.from_pretrained(tiny_checkpoint), data)
     read = read_manifest(out).settings["calibration"]["read"]
     assert read["tokens_used"] == data["samples"] * 64
@@ -110,13 +125,18 @@ def test_no_test_record_reaches_distillation(enclave_home, tiny_checkpoint, data
     out = registry.get("distil").run(str(tiny_checkpoint), settings, tmp_path / "d", "d")
     assert_clean(caught, AutoTokenizer.from_pretrained(tiny_checkpoint), data)
     read = read_manifest(out).settings["read"]
-    assert [(s["source"], s["split"], s["records"]) for s in read["sources"]] == [(data["path"], "train", len(data["train"]))]
+    assert [(s["source"], s["split"], s["records"]) for s in read["sources"]] == [
+        (data["path"], "train", len(data["train"]))
+    ]
 
 
 def test_the_test_split_and_the_heldout_text_cannot_be_chosen_for_training(tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_config(PruneSettings, None, ["calibration.split=test",
-                                          "calibration.source=[builtin:legal_texts, builtin:heldout_apache2]"])  # fmt: skip
+        load_config(
+            PruneSettings,
+            None,
+            ["calibration.split=test", "calibration.source=[builtin:legal_texts, builtin:heldout_apache2]"],
+        )
     assert "calibration.split: Value error, the test split is what `enclave compress report` scores" in str(info.value)
     assert "calibration.source: Value error, builtin:heldout_apache2 is the held-out text" in str(info.value)
     with pytest.raises(ConfigError, match="split: Value error, the test split"):
@@ -132,8 +152,8 @@ def test_the_test_split_and_the_heldout_text_cannot_be_chosen_for_training(tmp_p
 
 def test_training_text_shares_no_13_words_with_the_heldout_text():
     """builtin:legal_texts (MPL-2.0) repeats a few sentences of the Apache licence, the held-out text."""
-    from enclave.texts import HELDOUT
     from compress.text import _grams, read_source, training_text
+    from enclave.texts import HELDOUT
 
     heldout = _grams(read_source(HELDOUT))
     raw = _grams(read_source("builtin:legal_texts"))

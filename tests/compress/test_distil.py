@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from compress import registry
-from compress.config import DistilSettings, PruneSettings
+from compress.distil.config import DistilSettings
 from compress.distil.loss import distillation_loss
+from compress.prune.config import PruneSettings
 from enclave.errors import EnclaveError
-from enclave.importer import import_model
 from enclave.manifest import read_manifest, verify
+from enclave.store.importer import import_model
 from tests.conftest import build_tiny_checkpoint
 
 FAST = dict(steps=12, batch_size=4, seq_len=32, lr=3e-3, data=["builtin:clinical_legal"])
@@ -58,14 +59,17 @@ def trained_teacher(tmp_path_factory) -> Path:
 def trained_pruned(enclave_home, trained_teacher, tmp_path):
     """The teacher imported as "teacher", and its 60% magnitude-pruned copy (whose parent it is)."""
     import_model(trained_teacher, "teacher")
-    return trained_teacher, registry.get("prune").run("teacher", PruneSettings(algorithm="magnitude", sparsity=0.6),
-                                                       tmp_path / "pruned", "pruned")  # fmt: skip
+    return trained_teacher, registry.get("prune").run(
+        "teacher", PruneSettings(algorithm="magnitude", sparsity=0.6), tmp_path / "pruned", "pruned"
+    )
 
 
 @pytest.fixture()
 def pruned(enclave_home, tiny_checkpoint, tmp_path):
     import_model(tiny_checkpoint, "tiny")
-    return registry.get("prune").run("tiny", PruneSettings(algorithm="magnitude", sparsity=0.6), tmp_path / "pruned", "pruned")
+    return registry.get("prune").run(
+        "tiny", PruneSettings(algorithm="magnitude", sparsity=0.6), tmp_path / "pruned", "pruned"
+    )
 
 
 def test_loss_is_zero_kl_when_student_equals_teacher():
@@ -88,7 +92,11 @@ def test_distil_recovers_and_keeps_the_zeros(enclave_home, trained_pruned, tmp_p
     assert (read["source"], read["split"], read["records"]) == ("builtin:clinical_legal", "train", 340)
     # Recovery measured here, on the test split (the distillation read the train split), by this file's own code.
     heldout = windows(AutoTokenizer.from_pretrained(teacher), split_text("test"))
-    loss = {"teacher": loss_on(teacher, heldout), "pruned": loss_on(pruned, heldout), "distilled": loss_on(out, heldout)}
+    loss = {
+        "teacher": loss_on(teacher, heldout),
+        "pruned": loss_on(pruned, heldout),
+        "distilled": loss_on(out, heldout),
+    }
     assert loss["pruned"] - loss["teacher"] > 0.1, loss  # pruning cost something to recover (0.23 nats when written)
     assert (loss["pruned"] - loss["distilled"]) / (loss["pruned"] - loss["teacher"]) > 0.4, loss  # 0.88 when written
     before = AutoModelForCausalLM.from_pretrained(pruned)
@@ -102,7 +110,11 @@ def test_recovery_bar_is_not_met_without_learning(trained_pruned, tmp_path):
     teacher, pruned = trained_pruned
     out = registry.get("distil").run(str(pruned), DistilSettings(**{**FAST, "lr": 1e-9}), tmp_path / "d", "d")
     heldout = windows(AutoTokenizer.from_pretrained(teacher), split_text("test"))
-    loss = {"teacher": loss_on(teacher, heldout), "pruned": loss_on(pruned, heldout), "distilled": loss_on(out, heldout)}
+    loss = {
+        "teacher": loss_on(teacher, heldout),
+        "pruned": loss_on(pruned, heldout),
+        "distilled": loss_on(out, heldout),
+    }
     assert abs(loss["pruned"] - loss["distilled"]) / (loss["pruned"] - loss["teacher"]) < 0.01, loss
 
 

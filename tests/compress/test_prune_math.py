@@ -32,8 +32,11 @@ def test_masks():
 @pytest.mark.parametrize("nm", [None, (2, 4)])
 def test_every_method_hits_the_sparsity(layer, nm):
     w, _, stats = layer
-    for new in (magnitude.prune(w, 0.5, nm), wanda.prune(w, stats.sq_sum, 0.5, nm),
-                sparsegpt.prune(w, stats.hessian_matrix(), 0.5, nm)):  # fmt: skip
+    for new in (
+        magnitude.prune(w, 0.5, nm),
+        wanda.prune(w, stats.sq_sum, 0.5, nm),
+        sparsegpt.prune(w, stats.hessian_matrix(), 0.5, nm),
+    ):
         assert float((new == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
         if nm:
             assert ((new.reshape(32, 16, 4) == 0).sum(-1) >= 2).all()

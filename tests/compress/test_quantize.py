@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from compress import registry
-from compress.config import Calibration, QuantizeSettings
 from compress.io import logical_parameters
+from compress.quantize.config import QuantizeSettings
 from compress.quantize.run import check_group_size, input_widths
+from compress.settings import Calibration
 from enclave.errors import EnclaveError
-from enclave.generate import load
+from enclave.hf.loader import load
 from enclave.manifest import read_manifest, verify
 from enclave.store import resolve_model
 
@@ -47,7 +48,9 @@ def test_artifact_is_a_gptq_checkpoint_without_machine_paths(quantized, tiny_wid
         assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["sym"]) == ("gptq", 4, 32, True)
         assert "offload" not in (path / "config.json").read_text() + (path / "quantize_config.json").read_text()
         # GPTQModel rewrites generation settings (do_sample); the source's are kept.
-        assert (path / "generation_config.json").read_text() == (tiny_wide_checkpoint / "generation_config.json").read_text()
+        assert (path / "generation_config.json").read_text() == (
+            tiny_wide_checkpoint / "generation_config.json"
+        ).read_text()
     assert len(read_manifest(quantized["gptq"]).metrics["quant_loss_per_layer"]) == 14
 
 
@@ -73,13 +76,18 @@ def test_gptq_beats_round_to_nearest_on_calibration_like_text(quantized, tiny_wi
     ids = calibration_batches(tokenizer, "builtin:clinical_legal", 12, 32).ids[8:]  # past the 8 calibration rows
     with torch.no_grad():
         ref = original(input_ids=ids).logits
-        err = {k: (load(resolve_model(str(p)))[0](input_ids=ids).logits - ref).pow(2).mean().item() for k, p in quantized.items()}
+        err = {
+            k: (load(resolve_model(str(p)))[0](input_ids=ids).logits - ref).pow(2).mean().item()
+            for k, p in quantized.items()
+        }
     assert err["gptq"] < err["rtn"]
 
 
 def test_quantizing_twice_is_refused(quantized, tmp_path):
     with pytest.raises(EnclaveError, match="already quantized"):
-        registry.get("quantize").run(str(quantized["gptq"]), QuantizeSettings(group_size=32, calibration=CAL), tmp_path / "q", "q")
+        registry.get("quantize").run(
+            str(quantized["gptq"]), QuantizeSettings(group_size=32, calibration=CAL), tmp_path / "q", "q"
+        )
 
 
 def test_a_rerun_after_kill_removes_the_killed_runs_scratch(tiny_wide_checkpoint, tmp_path):
@@ -87,5 +95,7 @@ def test_a_rerun_after_kill_removes_the_killed_runs_scratch(tiny_wide_checkpoint
     for stale in (".q.tmp-0123456789ab", ".q.tmp-0123456789ab-offload-x1y2"):
         (tmp_path / stale).mkdir()
         (tmp_path / stale / "part").write_bytes(b"half written")
-    out = registry.get("quantize").run(str(tiny_wide_checkpoint), QuantizeSettings(method="rtn", group_size=32), tmp_path / "q", "q")
+    out = registry.get("quantize").run(
+        str(tiny_wide_checkpoint), QuantizeSettings(method="rtn", group_size=32), tmp_path / "q", "q"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"] and verify(out)[1] == []

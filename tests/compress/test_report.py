@@ -12,10 +12,17 @@ from compress.report import report
 def test_task_scores_per_group_for_every_artifact_and_engine(tiny_wide_checkpoint, facts_file, tmp_path):
     pytest.importorskip("onnxruntime_genai")
     from compress import registry
-    from compress.config import ExportSettings
+    from compress.export.config import ExportSettings
 
-    onnx = registry.get("export").run(str(tiny_wide_checkpoint), ExportSettings(precision="fp32", check_tokens=4), tmp_path / "onnx", "o")
-    rows = report([str(tiny_wide_checkpoint), str(onnx)], EvalSettings(max_tokens=100), tmp_path / "report", task_data=str(facts_file))
+    onnx = registry.get("export").run(
+        str(tiny_wide_checkpoint), ExportSettings(precision="fp32", check_tokens=4), tmp_path / "onnx", "o"
+    )
+    rows = report(
+        [str(tiny_wide_checkpoint), str(onnx)],
+        EvalSettings(max_tokens=100),
+        tmp_path / "report",
+        task_data=str(facts_file),
+    )
     torch_row, onnx_row = rows
     assert onnx_row["engine"] == "ort-genai" and torch_row["engine"] == "torch"
     for key in ("task_exact_match", "task_token_f1"):  # fp32 weights: the same answers whichever engine runs them
@@ -32,9 +39,21 @@ def test_share_of_tuning_gain_kept_per_artifact():
     from compress.report import add_gain_kept, markdown
 
     def row(name, kind, em, f1):
-        return {"name": name, "kind": kind, "task_exact_match": em, "task_token_f1": f1, "size_bytes": 1e6, "perplexity": 20.0}
+        return {
+            "name": name,
+            "kind": kind,
+            "task_exact_match": em,
+            "task_token_f1": f1,
+            "size_bytes": 1e6,
+            "perplexity": 20.0,
+        }
 
-    rows = [row("base", "model", 10.0, 30.0), row("m", "merged", 90.0, 80.0), row("q", "quantized", 86.0, 70.0), row("o", "onnx", 50.0, 80.0)]
+    rows = [
+        row("base", "model", 10.0, 30.0),
+        row("m", "merged", 90.0, 80.0),
+        row("q", "quantized", 86.0, 70.0),
+        row("o", "onnx", 50.0, 80.0),
+    ]
     add_gain_kept(rows)
     assert "gain_kept_exact_match" not in rows[0]
     assert [r["gain_kept_exact_match"] for r in rows[1:]] == pytest.approx([1.0, 0.95, 0.5])

@@ -7,13 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from compress import registry
-from compress.config import Calibration, CompressRecipe, EvalSettings, MergeSettings, PruneSettings
+from compress.config import CompressRecipe, EvalSettings
+from compress.merge.config import MergeSettings
+from compress.prune.config import PruneSettings
 from compress.recipe import run_recipe
 from compress.report import report
+from compress.settings import Calibration
 from enclave.config import load_config
 from enclave.errors import EnclaveError
-from enclave.importer import import_model
 from enclave.manifest import read_manifest, verify
+from enclave.store.importer import import_model
 from tests.tune.conftest import tiny_overrides
 from tune.config import TuneConfig
 from tune.run import run as tune
@@ -24,7 +27,11 @@ CAL = Calibration(source="builtin:clinical_legal", samples=8, seq_len=32)
 @pytest.fixture()
 def adapter(enclave_home, tiny_checkpoint, facts_file):
     import_model(tiny_checkpoint, "tiny")
-    return tune(load_config(TuneConfig, None, tiny_overrides("tiny", facts_file, **{"lora.target_modules": "[q_proj, v_proj, up_proj]"})))
+    return tune(
+        load_config(
+            TuneConfig, None, tiny_overrides("tiny", facts_file, **{"lora.target_modules": "[q_proj, v_proj, up_proj]"})
+        )
+    )
 
 
 def test_merge_records_lineage_and_matches_the_adapter(enclave_home, adapter, tmp_path):
@@ -44,10 +51,23 @@ def test_prune_hits_the_target_and_skips_embeddings(enclave_home, tiny_checkpoin
     out = registry.get("prune").run(str(tiny_checkpoint), settings, tmp_path / "p", "p")
     m = read_manifest(out)
     assert m.kind == "pruned" and m.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert set(m.metrics["sparsity_per_layer"]) == {f"model.layers.{i}.{n}" for i in range(2) for n in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}  # fmt: skip
+    assert set(m.metrics["sparsity_per_layer"]) == {
+        f"model.layers.{i}.{n}"
+        for i in range(2)
+        for n in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    }
     w = load_file(out / "model.safetensors")
-    assert torch.equal(w["model.embed_tokens.weight"], load_file(tiny_checkpoint / "model.safetensors")["model.embed_tokens.weight"])
+    assert torch.equal(
+        w["model.embed_tokens.weight"], load_file(tiny_checkpoint / "model.safetensors")["model.embed_tokens.weight"]
+    )
     if pattern == "2:4":
         q = w["model.layers.0.mlp.up_proj.weight"]
         assert ((q.reshape(q.size(0), -1, 4) == 0).sum(-1) >= 2).all()
@@ -55,7 +75,9 @@ def test_prune_hits_the_target_and_skips_embeddings(enclave_home, tiny_checkpoin
 
 def test_too_little_calibration_text_says_how_much(enclave_home, tiny_checkpoint, tmp_path):
     (tmp_path / "small.txt").write_text("The patient was given aspirin. " * 20)
-    settings = PruneSettings(algorithm="wanda", calibration=Calibration(source=str(tmp_path / "small.txt"), samples=64, seq_len=256))
+    settings = PruneSettings(
+        algorithm="wanda", calibration=Calibration(source=str(tmp_path / "small.txt"), samples=64, seq_len=256)
+    )
     with pytest.raises(EnclaveError, match=r"has \d+ tokens; 64 samples x 256 tokens need 16,384"):
         registry.get("prune").run(str(tiny_checkpoint), settings, tmp_path / "p", "p")
     assert not (tmp_path / "p").exists()
@@ -63,10 +85,12 @@ def test_too_little_calibration_text_says_how_much(enclave_home, tiny_checkpoint
 
 def test_recipe_chains_steps_and_reports(enclave_home, adapter, tmp_path):
     recipe = CompressRecipe(
-        name="demo", model="tiny", output_dir=str(tmp_path / "arts"),
+        name="demo",
+        model="tiny",
+        output_dir=str(tmp_path / "arts"),
         steps=[MergeSettings(adapter=str(adapter)), PruneSettings(algorithm="wanda", calibration=CAL)],
         eval=EvalSettings(max_tokens=256),
-    )  # fmt: skip
+    )
     merged, pruned = run_recipe(recipe, measure=False)
     assert read_manifest(pruned).parents[0].digest == read_manifest(merged).digest
     rows = report(["tiny", str(merged), str(pruned)], recipe.eval, tmp_path / "report", task_data=None)

@@ -39,14 +39,14 @@ def live(serve_repo):
     pytest.importorskip("grpc")
     import grpc
 
-    from enclave.client import Client
+    from enclave.grpc_client import Client
     from tests.serve.conftest import running, serve_config
 
     with running(serve_config(serve_repo, adapters={"tiny": ["facts"]}, health_port=0)) as server:
         with Client(f"127.0.0.1:{server.port}") as client:
             client.generate("hello", max_tokens=4)
             client.generate("hello", model="tiny", adapter="facts", max_tokens=4)
-            for piece in client.stream("hi", max_tokens=3):
+            for _piece in client.stream("hi", max_tokens=3):
                 pass
             with pytest.raises(grpc.RpcError):
                 client.generate("hello", model="no-such-model")

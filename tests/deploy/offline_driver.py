@@ -22,7 +22,18 @@ def main() -> int:
     ap.add_argument("--install-wheels", action="store_true")
     args = ap.parse_args()
     target_py = args.python or sys.executable
-    installer = [sys.executable, "-m", "enclave", "bundle", "install", args.bundle, "--key", args.key, "--repo", args.repo]
+    installer = [
+        sys.executable,
+        "-m",
+        "enclave",
+        "bundle",
+        "install",
+        args.bundle,
+        "--key",
+        args.key,
+        "--repo",
+        args.repo,
+    ]
     installer += ["--python", target_py] if args.install_wheels else ["--no-wheels"]
     install = subprocess.run(installer, capture_output=True, text=True, timeout=600)
     result = {"install_rc": install.returncode, "install_out": install.stdout, "install_err": install.stderr[-3000:]}
@@ -44,7 +55,7 @@ def serve_and_call(python: str, repo: str) -> dict:
             out["serve_err"] = proc.stderr.read()[-3000:]
             return out
         port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
-        from enclave.client import Client
+        from enclave.grpc_client import Client
 
         with Client(f"127.0.0.1:{port}", timeout=60) as client:
             out["health"] = client.health()

@@ -11,7 +11,21 @@ import yaml
 DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "enclave.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless", "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 VARIABLES = {"$__rate_interval": "5m", "$model": ".*", "$adapter": ".*", "$instance": ".*"}
 
 

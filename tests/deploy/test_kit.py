@@ -103,7 +103,9 @@ def test_compose_wires_enclave_prometheus_and_grafana():
                 assert (DEPLOY / source).exists(), f"compose mounts {source}, which is not in deploy/"
     scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"enclave:{cfg.metrics_port}"]
-    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     assert datasource["url"] == "http://prometheus:9090"
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/enclave.yml").read_text())["providers"][0]
     mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
@@ -113,7 +115,12 @@ def test_compose_wires_enclave_prometheus_and_grafana():
 
 
 def k8s_documents() -> list[tuple[str, dict]]:
-    return [(p.name, doc) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml" for doc in yaml.safe_load_all(p.read_text())]
+    return [
+        (p.name, doc)
+        for p in sorted(K8S.glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(p.read_text())
+    ]
 
 
 @pytest.mark.parametrize("name, doc", k8s_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
@@ -137,7 +144,11 @@ def test_the_validator_rejects_a_wrong_field():
 
 def test_kustomization_and_deployment_agree_with_the_server(exported):
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    examples = {p.name for p in K8S.glob("*.example.yaml")} | {"prometheus-adapter.yaml", "job-install-bundle.yaml", "kustomization.yaml"}
+    examples = {p.name for p in K8S.glob("*.example.yaml")} | {
+        "prometheus-adapter.yaml",
+        "job-install-bundle.yaml",
+        "kustomization.yaml",
+    }
     assert set(kust["resources"]) == {p.name for p in K8S.glob("*.yaml")} - examples
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
     cfg = serve_config(docs[("ConfigMap", "enclave-config")]["data"]["serve.yaml"])
@@ -169,7 +180,9 @@ def test_the_audit_log_is_on_a_persistent_volume_one_directory_per_pod():
     assert cfg.audit_log, "the server in Kubernetes writes an audit file"
     (mount,) = [m for m in container["volumeMounts"] if cfg.audit_log.startswith(m["mountPath"].rstrip("/") + "/")]
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    assert "persistentVolumeClaim" in volume, f"the audit volume is {sorted(set(volume) - {'name'})}, not a PersistentVolumeClaim"
+    assert "persistentVolumeClaim" in volume, (
+        f"the audit volume is {sorted(set(volume) - {'name'})}, not a PersistentVolumeClaim"
+    )
     assert not mount.get("readOnly") and not volume["persistentVolumeClaim"].get("readOnly")
     claim = docs[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]["spec"]
     # Replicas on several nodes mount the claim, each in its own directory: one writer per chain.
@@ -187,13 +200,22 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     argv = shlex.split(exec_start)
     assert argv[0] == "/opt/enclave/bin/enclave"
     assert_cli(argv[1:])
-    for setting in ("User=enclave", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "CapabilityBoundingSet=\n"):
+    for setting in (
+        "User=enclave",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+    ):
         assert setting in text, setting
     # Verify the unit as installed, with ExecStart pointing at this environment's real `enclave`.
     unit = tmp_path / "enclave.service"
     unit.write_text(text.replace(argv[0], str(Path(sys.executable).parent / "enclave")))
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
-    done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60
+    )
     level = float(done.stdout.split("Overall exposure level for enclave.service:")[1].split()[0])
     assert level <= 2.0, done.stdout[-2000:]

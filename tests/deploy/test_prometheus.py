@@ -26,15 +26,28 @@ def test_config_and_rules_pass_promtool(promtool):
     done = run(promtool, "check", "config", str(PROM / "prometheus.yml"))
     assert done.returncode == 0 and "SUCCESS: 1 rule files found" in done.stdout, done.stdout + done.stderr
     done = run(promtool, "check", "rules", str(PROM / "alerts.yml"))
-    assert done.returncode == 0 and f"SUCCESS: {len(alert_exprs())} rules found" in done.stdout, done.stdout + done.stderr
-    assert set(alert_exprs()) == {"EnclaveDown", "EnclaveHighErrorRate", "EnclaveSlowFirstToken", "EnclaveQueueSaturated",
-                                  "EnclaveShedding", "EnclavePromptLengthDrift", "EnclaveContextLimitHits"}  # fmt: skip
+    assert done.returncode == 0 and f"SUCCESS: {len(alert_exprs())} rules found" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    assert set(alert_exprs()) == {
+        "EnclaveDown",
+        "EnclaveHighErrorRate",
+        "EnclaveSlowFirstToken",
+        "EnclaveQueueSaturated",
+        "EnclaveShedding",
+        "EnclavePromptLengthDrift",
+        "EnclaveContextLimitHits",
+    }
 
 
 def test_alert_unit_tests(promtool):
     done = run(promtool, "test", "rules", "alerts.test.yml", cwd=PROM)
     assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
-    tested = {t["alertname"] for case in yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"] for t in case["alert_rule_test"]}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]
+        for t in case["alert_rule_test"]
+    }
     assert tested == set(alert_exprs()), "every alert has a promtool unit test"
 
 
@@ -53,24 +66,45 @@ def test_alerts_and_dashboard_read_only_exported_metrics(exported):
 
 
 def test_metric_name_parser_is_not_fooled():
-    assert metric_names('sum by (le, model) (rate(a_bucket{code=~"X|Y"}[5m] offset 7d)) / on (model) b_total > 0.5') == {"a_bucket", "b_total"}
+    assert metric_names(
+        'sum by (le, model) (rate(a_bucket{code=~"X|Y"}[5m] offset 7d)) / on (model) b_total > 0.5'
+    ) == {"a_bucket", "b_total"}
     assert metric_names("histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m])))") == {"x_bucket"}
 
 
 def test_dashboard_covers_what_operators_watch():
     titles = " | ".join(p["title"] for p in dashboard()["panels"])
-    for word in ("Time to first token", "Inter-token", "End-to-end", "tokens / s", "waiting", "error", "adapter", "prompt length", "context window"):
+    for word in (
+        "Time to first token",
+        "Inter-token",
+        "End-to-end",
+        "tokens / s",
+        "waiting",
+        "error",
+        "adapter",
+        "prompt length",
+        "context window",
+    ):
         assert word.lower() in titles.lower(), word
     exprs = " ".join(dashboard_exprs().values())
     for q in ("histogram_quantile(0.5", "histogram_quantile(0.9", "histogram_quantile(0.99"):
         assert q in exprs
     datasources = {t["datasource"]["uid"] for p in dashboard()["panels"] for t in p.get("targets", [])}
-    provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
     assert datasources == {d["uid"] for d in provisioned}
 
 
 def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(dashboard_exprs().values())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(dashboard_exprs().values())],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
     done = run(promtool, "check", "rules", str(path))
@@ -106,8 +140,17 @@ def test_real_prometheus_scrapes_the_server(prometheus, live, tmp_path):
     config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{live.metrics_port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
-    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         result = _until(lambda: _query(port, 'enclave_requests_total{code="OK"}'), 60)
         assert result, proc.stdout.read() if proc.poll() is not None else "no sample after 60 s"

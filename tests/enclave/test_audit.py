@@ -36,7 +36,12 @@ def test_line_hash_and_genesis():
 
 def test_files_are_read_oldest_first(tmp_path):
     lines = chain(count=9)
-    for name, part in [("a.jsonl.10", lines[:3]), ("a.jsonl.2", lines[3:6]), ("a.jsonl.1", lines[6:8]), ("a.jsonl", lines[8:])]:
+    for name, part in [
+        ("a.jsonl.10", lines[:3]),
+        ("a.jsonl.2", lines[3:6]),
+        ("a.jsonl.1", lines[6:8]),
+        ("a.jsonl", lines[8:]),
+    ]:
         save(tmp_path / name, part)
     (tmp_path / "a.jsonl.unchained-20260101T000000Z").write_text("{}\n")
     (tmp_path / "a.jsonl.bak").write_text("{}\n")
@@ -55,19 +60,27 @@ def test_a_chain_kept_from_mid_way_is_information_not_tampering(tmp_path):
 
     (tmp_path / "a.jsonl.1").unlink()  # but the live file alone must start the chain
     problem = verify_chain(tmp_path / "a.jsonl").problem
-    assert (problem.line, problem.reason) == (1, "the chain starts at seq 9, and no rotated file precedes it: seq 1-8 missing")
+    assert (problem.line, problem.reason) == (
+        1,
+        "the chain starts at seq 9, and no rotated file precedes it: seq 1-8 missing",
+    )
 
 
-@pytest.mark.parametrize("first, words", [
-    ({"seq": 3, "prev": GENESIS}, "a chain starts at seq 1 with the genesis prev"),
-    ({"seq": 1, "prev": "sha256:" + "1" * 64}, "a chain starts at seq 1 with the genesis prev"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "first, words",
+    [
+        ({"seq": 3, "prev": GENESIS}, "a chain starts at seq 1 with the genesis prev"),
+        ({"seq": 1, "prev": "sha256:" + "1" * 64}, "a chain starts at seq 1 with the genesis prev"),
+    ],
+)
 def test_a_forged_start_is_refused(tmp_path, first, words):
     problem = verify_chain(save(tmp_path / "a.jsonl", [json.dumps(first).encode()])).problem
     assert problem.line == 1 and words in problem.reason
 
 
-@pytest.mark.parametrize("junk", [b"", b"not json", b"[1, 2]", b'{"seq": "3", "prev": "x"}', b'{"time": "t", "status": "OK"}'])
+@pytest.mark.parametrize(
+    "junk", [b"", b"not json", b"[1, 2]", b'{"seq": "3", "prev": "x"}', b'{"time": "t", "status": "OK"}']
+)
 def test_a_line_that_is_not_an_audit_line(tmp_path, junk):
     lines = chain()
     lines[2] = junk
@@ -104,12 +117,17 @@ def test_cli_names_the_first_broken_line(tmp_path, capsys):
     path = save(tmp_path / "audit.jsonl", lines[4:5] + lines[6:])  # seq 6 deleted
     assert main(["audit", "verify", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"FAILED {path}", f"  {path}:2: seq 6 missing before this line (seq 7): deleted or moved",
-                   "  before it: 5 good lines (seq 1 to 5); files: audit.jsonl.1, audit.jsonl"]  # fmt: skip
+    assert err == [
+        f"FAILED {path}",
+        f"  {path}:2: seq 6 missing before this line (seq 7): deleted or moved",
+        "  before it: 5 good lines (seq 1 to 5); files: audit.jsonl.1, audit.jsonl",
+    ]
 
 
 def verify_in_a_process(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "enclave", "audit", "verify", str(path)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "enclave", "audit", "verify", str(path)], capture_output=True, text=True
+    )
 
 
 def test_cli_exit_codes_in_a_process(tmp_path):

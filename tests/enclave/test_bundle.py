@@ -8,14 +8,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from enclave.bundle import create, keys
 from enclave.bundle.install import BundleRefused, install_bundle
 from enclave.bundle.layout import BundleManifest
 from enclave.bundle.reader import read_bundle
+from enclave.cli import main
 from enclave.errors import EnclaveError
 from enclave.manifest import FileEntry, create_artifact
-from enclave.cli import main
 
 
 def make_artifact(path: Path, kind: str = "onnx", text: str = "weights") -> Path:
@@ -89,14 +90,17 @@ def test_good_bundle_verifies_and_lists_everything(bundle, signer):
     assert report.ok, report.problems
     m = report.manifest
     assert m.creator == "tester@host" and m.schema_version == 1 and report.checked == len(m.files) == 6
-    assert {(a.role, a.name, a.version, a.path) for a in m.artifacts} == {("model", "clinic", "1", "models/clinic/1"), ("adapter", "lora", None, "adapters/lora")}
+    assert {(a.role, a.name, a.version, a.path) for a in m.artifacts} == {
+        ("model", "clinic", "1", "models/clinic/1"),
+        ("adapter", "lora", None, "adapters/lora"),
+    }
     assert all(f.sha256 and f.size >= 0 for f in m.files)
     names = [i.name for i, _ in members(bundle)]
     assert names[:2] == ["bundle.json", "bundle.sig"]
 
 
 def test_install_places_artifacts_atomically_and_twice_is_safe(bundle, signer, tmp_path):
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     _, trusted, _ = signer
     _, done = install_bundle(bundle, trusted, tmp_path / "repo")
@@ -129,7 +133,9 @@ def test_tampered_file_is_named(bundle, signer, tmp_path):
     i = next(k for k, (m, _) in enumerate(items) if m.name == "models/clinic/1/model.onnx")
     info, data = items[i]
     items[i] = (info, b"X" + data[1:])
-    problems = assert_refused(repack(tmp_path / "t.tar", items), trusted, tmp_path / "repo", "models/clinic/1/model.onnx: sha256 differs")
+    problems = assert_refused(
+        repack(tmp_path / "t.tar", items), trusted, tmp_path / "repo", "models/clinic/1/model.onnx: sha256 differs"
+    )
     assert len(problems) == 1
 
 
@@ -146,13 +152,17 @@ def test_unsigned_and_wrong_key_and_edited_manifest(bundle, signer, tmp_path):
     problems = assert_refused(repack(tmp_path / "u.tar", [items[0], *items[2:]]), trusted, tmp_path / "r1", "unsigned")
     assert len(problems) == 1, "the files of an unsigned bundle are still all checked"
     other, pub, _ = keys.keygen(tmp_path / "other")
-    assert_refused(bundle, {keys.key_id(keys.load_public(pub)): keys.load_public(pub)}, tmp_path / "r2", "not a trusted key")
+    assert_refused(
+        bundle, {keys.key_id(keys.load_public(pub)): keys.load_public(pub)}, tmp_path / "r2", "not a trusted key"
+    )
     raw = json.loads(items[0][1])
     raw["creator"] = "mallory"
     data = (json.dumps(raw, indent=2) + "\n").encode()
     info = tarfile.TarInfo("bundle.json")
     info.size = len(data)
-    assert_refused(repack(tmp_path / "e.tar", [(info, data), *items[1:]]), trusted, tmp_path / "r3", "changed after signing")
+    assert_refused(
+        repack(tmp_path / "e.tar", [(info, data), *items[1:]]), trusted, tmp_path / "r3", "changed after signing"
+    )
     forged = resign(items, keys.load_private(other), lambda raw: None)
     assert_refused(repack(tmp_path / "f.tar", forged), trusted, tmp_path / "r4", "not a trusted key")
 
@@ -160,7 +170,12 @@ def test_unsigned_and_wrong_key_and_edited_manifest(bundle, signer, tmp_path):
 def test_other_schema_version(bundle, signer, tmp_path):
     private, trusted, _ = signer
     items = resign(members(bundle), private, lambda raw: raw.update(schema_version=2))
-    assert_refused(repack(tmp_path / "v2.tar", items), trusted, tmp_path / "repo", "schema_version 2 is not one this Enclave reads (1)")
+    assert_refused(
+        repack(tmp_path / "v2.tar", items),
+        trusted,
+        tmp_path / "repo",
+        "schema_version 2 is not one this Enclave reads (1)",
+    )
 
 
 def _declare(raw: dict, path: str, data: bytes) -> None:
@@ -176,40 +191,66 @@ def test_path_traversal_and_absolute_paths_are_refused_even_when_signed(bundle, 
     items = resign(members(bundle), private, lambda raw: _declare(raw, name, payload))
     info = tarfile.TarInfo(name)
     info.size = len(payload)
-    assert_refused(repack(tmp_path / "p.tar", [*items, (info, payload)]), trusted, tmp_path / "repo", f"{name}: refused")
+    assert_refused(
+        repack(tmp_path / "p.tar", [*items, (info, payload)]), trusted, tmp_path / "repo", f"{name}: refused"
+    )
     assert not (tmp_path / "escape.txt").exists() and not Path("/etc/enclave-owned").exists()
 
 
-@pytest.mark.parametrize("target, why", [("../../../../etc/passwd", "leaves the bundle"), ("/etc/passwd", "leaves the bundle"),
-                                         ("model.onnx", "regular files only")])  # fmt: skip
+@pytest.mark.parametrize(
+    "target, why",
+    [
+        ("../../../../etc/passwd", "leaves the bundle"),
+        ("/etc/passwd", "leaves the bundle"),
+        ("model.onnx", "regular files only"),
+    ],
+)
 def test_links_are_refused(bundle, signer, tmp_path, target, why):
     _, trusted, _ = signer
     link = tarfile.TarInfo("models/clinic/1/link")
     link.type, link.linkname = tarfile.SYMTYPE, target
-    assert_refused(repack(tmp_path / "l.tar", [*members(bundle), (link, b"")]), trusted, tmp_path / "repo", f"models/clinic/1/link: refused: a link to {target!r}", why)
+    assert_refused(
+        repack(tmp_path / "l.tar", [*members(bundle), (link, b"")]),
+        trusted,
+        tmp_path / "repo",
+        f"models/clinic/1/link: refused: a link to {target!r}",
+        why,
+    )
 
 
 def test_extra_file_and_larger_entry_are_refused(bundle, signer, tmp_path):
     private, trusted, _ = signer
     extra = tarfile.TarInfo("models/clinic/1/extra.py")
     extra.size = 5
-    assert_refused(repack(tmp_path / "x.tar", [*members(bundle), (extra, b"print")]), trusted, tmp_path / "r1", "not listed in bundle.json (an extra file)")
+    assert_refused(
+        repack(tmp_path / "x.tar", [*members(bundle), (extra, b"print")]),
+        trusted,
+        tmp_path / "r1",
+        "not listed in bundle.json (an extra file)",
+    )
     items = resign(members(bundle), private, lambda raw: _declare(raw, "models/clinic/1/small.bin", b"1234"))
     big = tarfile.TarInfo("models/clinic/1/small.bin")
     big.size = 4096
-    assert_refused(repack(tmp_path / "big.tar", [*items, (big, b"\0" * 4096)]), trusted, tmp_path / "r2", "larger than declared (4096 > 4 bytes)")
+    assert_refused(
+        repack(tmp_path / "big.tar", [*items, (big, b"\0" * 4096)]),
+        trusted,
+        tmp_path / "r2",
+        "larger than declared (4096 > 4 bytes)",
+    )
 
 
 def test_missing_file_and_duplicate_entry(bundle, signer, tmp_path):
     _, trusted, _ = signer
     items = members(bundle)
     i = next(k for k, (m, _) in enumerate(items) if m.name.endswith("config.json"))
-    assert_refused(repack(tmp_path / "m.tar", items[:i] + items[i + 1 :]), trusted, tmp_path / "r1", "missing from the bundle")
+    assert_refused(
+        repack(tmp_path / "m.tar", items[:i] + items[i + 1 :]), trusted, tmp_path / "r1", "missing from the bundle"
+    )
     assert_refused(repack(tmp_path / "d.tar", [*items, items[i]]), trusted, tmp_path / "r2", "appears twice")
 
 
 def test_conflicting_version_is_refused_before_anything_moves(tmp_path, signer, bundle):
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     private, trusted, _ = signer
     repo = Repository(tmp_path / "repo")
@@ -223,7 +264,12 @@ def test_cli_round_trip_and_file_by_file_failure(tmp_path, capsys):
     make_artifact(tmp_path / "art")
     assert main(["bundle", "keygen", str(tmp_path / "k")]) == 0
     out = tmp_path / "c.tar"
-    assert main(["bundle", "create", str(out), "--key", str(tmp_path / "k.key"), "--model", f"clinic@7={tmp_path / 'art'}"]) == 0
+    assert (
+        main(
+            ["bundle", "create", str(out), "--key", str(tmp_path / "k.key"), "--model", f"clinic@7={tmp_path / 'art'}"]
+        )
+        == 0
+    )
     assert main(["bundle", "verify", str(out), "--key", str(tmp_path / "k.pub")]) == 0
     assert "model clinic@7" in capsys.readouterr().out
     items = members(out)
@@ -233,8 +279,14 @@ def test_cli_round_trip_and_file_by_file_failure(tmp_path, capsys):
     repack(out, items)
     assert main(["bundle", "verify", str(out), "--key", str(tmp_path / "k.pub")]) == 1
     err = capsys.readouterr().err
-    assert "FAILED" in err and "models/clinic/7/model.onnx: sha256 differs" in err and "models/clinic/7/sub/config.json: sha256 differs" in err
-    assert main(["bundle", "install", str(out), "--key", str(tmp_path / "k.pub"), "--repo", str(tmp_path / "repo")]) == 2
+    assert (
+        "FAILED" in err
+        and "models/clinic/7/model.onnx: sha256 differs" in err
+        and "models/clinic/7/sub/config.json: sha256 differs" in err
+    )
+    assert (
+        main(["bundle", "install", str(out), "--key", str(tmp_path / "k.pub"), "--repo", str(tmp_path / "repo")]) == 2
+    )
     assert "nothing was installed" in capsys.readouterr().err
 
 
@@ -245,15 +297,29 @@ def test_bad_arguments_name_the_fix(tmp_path, capsys, monkeypatch):
     keys.keygen(tmp_path / "k")
     assert main(["bundle", "create", str(tmp_path / "o.tar"), "--key", str(tmp_path / "k.key")]) == 2
     assert "nothing to bundle" in capsys.readouterr().err
-    assert main(["bundle", "create", str(tmp_path / "o.tar"), "--key", str(tmp_path / "k.key"), "--model", "x=/nonexistent"]) == 2
+    assert (
+        main(
+            ["bundle", "create", str(tmp_path / "o.tar"), "--key", str(tmp_path / "k.key"), "--model", "x=/nonexistent"]
+        )
+        == 2
+    )
     assert "is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "o.tar").exists()
 
 
 def test_manifest_model_rejects_unknown_keys():
-    with pytest.raises(Exception):
-        BundleManifest.model_validate({"enclave_version": "0", "created_at": "t", "creator": "c", "key_id": "k", "artifacts": [],
-                                       "files": [FileEntry(path="a", size=0, sha256="0" * 64).model_dump()], "surprise": 1})  # fmt: skip
+    with pytest.raises(ValidationError):
+        BundleManifest.model_validate(
+            {
+                "enclave_version": "0",
+                "created_at": "t",
+                "creator": "c",
+                "key_id": "k",
+                "artifacts": [],
+                "files": [FileEntry(path="a", size=0, sha256="0" * 64).model_dump()],
+                "surprise": 1,
+            }
+        )
 
 
 def test_one_install_at_a_time(bundle, signer, tmp_path):
@@ -362,9 +428,14 @@ def test_bundle_larger_than_the_free_space_is_refused_before_writing(bundle, sig
     path = repack(tmp_path / "big.tar", with_big_member(members(bundle), private))
     declared = sum(f.size for f in read_bundle(path, trusted).manifest.files)
     real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=declared))  # room for the bytes, not the margin
-    with pytest.raises(EnclaveError, match=rf"needs [0-9,]+ bytes \({declared:,} declared plus a margin\) .* "
-                                           rf"which has {declared:,} bytes free; nothing was written"):  # fmt: skip
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda p: real(p)._replace(free=declared)
+    )  # room for the bytes, not the margin
+    with pytest.raises(
+        EnclaveError,
+        match=rf"needs [0-9,]+ bytes \({declared:,} declared plus a margin\) .* "
+        rf"which has {declared:,} bytes free; nothing was written",
+    ):
         install_bundle(path, trusted, tmp_path / "repo")
     assert staged == [0]
     assert [p.name for p in (tmp_path / "repo").iterdir()] == [".bundle-install.lock"]
@@ -377,12 +448,19 @@ def test_bundle_larger_than_the_free_space_is_refused_before_writing(bundle, sig
     assert done.placed == ["model clinic version 1", "adapter lora"]
 
 
-@pytest.mark.parametrize("field, value, why", [
-    ("name", "../../escape", "artifacts[1].name '../../escape' is not a safe name"),
-    ("name", "Lora", "artifacts[1].name 'Lora' is not a safe name"),
-    ("path", "models/clinic/1", "artifacts[1].path 'models/clinic/1' is not where the adapter 'lora' goes ('adapters/lora')"),
-    ("version", "1", "artifacts[1].version '1': an adapter has no version"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("name", "../../escape", "artifacts[1].name '../../escape' is not a safe name"),
+        ("name", "Lora", "artifacts[1].name 'Lora' is not a safe name"),
+        (
+            "path",
+            "models/clinic/1",
+            "artifacts[1].path 'models/clinic/1' is not where the adapter 'lora' goes ('adapters/lora')",
+        ),
+        ("version", "1", "artifacts[1].version '1': an adapter has no version"),
+    ],
+)
 def test_artifact_names_in_bundle_json_must_be_directory_names(bundle, signer, tmp_path, field, value, why):
     private, trusted, _ = signer
     items = resign(members(bundle), private, lambda raw: raw["artifacts"][1].update({field: value}))

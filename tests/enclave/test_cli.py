@@ -12,7 +12,12 @@ CLI_DIR = Path(__file__).parents[2] / "enclave" / "cli"
 
 
 def run_cli(*args: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "enclave", *args], capture_output=True, text=True, env={**__import__("os").environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "enclave", *args],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
 
 
 def test_command_table_matches_modules():

@@ -79,7 +79,11 @@ def test_config_errors_never_echo_a_secret_value():
     from serve.config import ServeConfig
 
     with pytest.raises(ConfigError) as e:
-        load_config(ServeConfig, None, ["repo=x", "tls.key={pem: hunter2-private}", "auth.tokens_file=[s3cr3t-token-value]", "port=abc"])
+        load_config(
+            ServeConfig,
+            None,
+            ["repo=x", "tls.key={pem: hunter2-private}", "auth.tokens_file=[s3cr3t-token-value]", "port=abc"],
+        )
     text = str(e.value)
     assert "hunter2" not in text and "s3cr3t" not in text and "the value is not shown" in text
     assert "port" in text and "'abc'" in text  # ordinary values are still named

@@ -11,7 +11,7 @@ import torch
 
 from enclave.evaluation.lm import TorchLM
 from enclave.evaluation.perplexity import answer_perplexity, text_perplexity, windows
-from enclave.generate import load
+from enclave.hf.loader import load
 from enclave.store import resolve_model
 
 TEXT = "The court granted the motion to dismiss for lack of jurisdiction. The patient was given twice a day. " * 6
@@ -64,11 +64,13 @@ def test_answer_perplexity_equals_the_training_loss_on_answer_tokens(tiny, facts
 def test_torch_and_onnxruntime_score_alike(tiny_wide_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime_genai")
     from compress import registry
-    from compress.config import ExportSettings
+    from compress.export.config import ExportSettings
     from enclave.evaluation.lm import OnnxLM
 
     model, tokenizer = load(resolve_model(str(tiny_wide_checkpoint), verify=False))  # GQA kernels want head sizes of 16
-    onnx = registry.get("export").run(str(tiny_wide_checkpoint), ExportSettings(precision="fp32", check_tokens=4), tmp_path / "onnx", "o")
+    onnx = registry.get("export").run(
+        str(tiny_wide_checkpoint), ExportSettings(precision="fp32", check_tokens=4), tmp_path / "onnx", "o"
+    )
     torch_lm, onnx_lm = TorchLM(model, tokenizer.pad_token_id), OnnxLM(onnx)
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"][:60]
     assert np.abs(torch_lm.token_logprobs(ids) - onnx_lm.token_logprobs(ids)).max() < 1e-4
@@ -80,8 +82,14 @@ def test_torch_and_onnxruntime_score_alike(tiny_wide_checkpoint, tmp_path):
 def test_forgetting_warns_past_the_threshold_only():
     from enclave.evaluation.compare import Forgetting
 
-    assert Forgetting("builtin:heldout_apache2", 17.9, 37.7, 1.25).warning("adapter").startswith(
-        "adapter: general-text perplexity (builtin:heldout_apache2) went from 17.9 to 37.7 (2.11x, above the 1.25x threshold)")
+    assert (
+        Forgetting("builtin:heldout_apache2", 17.9, 37.7, 1.25)
+        .warning("adapter")
+        .startswith(
+            "adapter: general-text perplexity (builtin:heldout_apache2) went from 17.9 to 37.7 "
+            "(2.11x, above the 1.25x threshold)"
+        )
+    )
     assert Forgetting("t", 17.9, 22.3, 1.25).warning("adapter") is None  # 1.246x
     assert Forgetting("t", 17.9, 12.0, 1.25).to_dict()["ratio"] == pytest.approx(12.0 / 17.9)
 

@@ -1,6 +1,15 @@
 import pytest
 
-from enclave.evaluation.metrics import bleu, by_group, exact_match, fairness_gaps, is_label_task, macro_f1, score, token_f1
+from enclave.evaluation.metrics import (
+    bleu,
+    by_group,
+    exact_match,
+    fairness_gaps,
+    is_label_task,
+    macro_f1,
+    score,
+    token_f1,
+)
 
 
 def test_exact_match_and_token_f1_squad_normalisation():
@@ -14,7 +23,10 @@ def test_bleu_and_rouge_on_known_values():
     s = score(["twice a day", "by mouth"], ["twice a day", "by the mouth"])
     assert s["exact_match"] == 100.0 and s["token_f1"] == 100.0  # articles are ignored
     assert s["rouge_l"] == pytest.approx(100 * (1.0 + 0.8) / 2)
-    pred, ref = "the patient takes two tablets by mouth twice a day", "the patient takes two tablets by mouth three times a day"
+    pred, ref = (
+        "the patient takes two tablets by mouth twice a day",
+        "the patient takes two tablets by mouth three times a day",
+    )
     assert bleu([pred], [ref]) == pytest.approx(63.98, abs=0.01)  # sacrebleu's corpus BLEU
     assert bleu([ref], [ref]) == pytest.approx(100.0)
     assert "accuracy" not in s

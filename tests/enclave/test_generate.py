@@ -2,7 +2,8 @@ import pytest
 
 from enclave.config import load_config
 from enclave.errors import ConfigError
-from enclave.generate import GenerateConfig, encode, generate, load
+from enclave.hf.generate import GenerateConfig, encode, generate
+from enclave.hf.loader import load
 from enclave.store import resolve_model
 
 
@@ -32,7 +33,10 @@ def test_greedy_is_deterministic_and_streams_everything(tiny):
 
 def test_sampling_depends_on_seed(tiny):
     lm, tok = tiny
-    runs = [generate(lm, tok, "court", GenerateConfig(max_new_tokens=16, temperature=5.0, seed=s)).token_ids for s in (1, 1, 2)]
+    runs = [
+        generate(lm, tok, "court", GenerateConfig(max_new_tokens=16, temperature=5.0, seed=s)).token_ids
+        for s in (1, 1, 2)
+    ]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 

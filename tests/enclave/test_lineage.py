@@ -51,7 +51,9 @@ def test_a_chain_is_walked_back_to_the_base(tmp_path):
 def test_a_manifest_that_is_its_own_parent_is_refused(tmp_path, bounded_lookups):
     art = make(tmp_path, "loop", kind="base_model")
     set_parent(art, art)
-    with pytest.raises(EnclaveError, match=r"lineage of .*loop: the manifest of 'loop' \(sha256:.*\) names .*\(a cycle\)"):
+    with pytest.raises(
+        EnclaveError, match=r"lineage of .*loop: the manifest of 'loop' \(sha256:.*\) names .*\(a cycle\)"
+    ):
         ancestors(read_manifest(art), art)
     assert bounded_lookups == []
 

@@ -11,9 +11,17 @@ import pytest
 
 from enclave.errors import EnclaveError, IntegrityError
 from enclave.manifest import (
-    FileEntry, Manifest, content_digest, create_artifact, json_schema, read_manifest, require_valid, sha256_file,
-    update_metrics, verify,
-)  # fmt: skip
+    FileEntry,
+    Manifest,
+    content_digest,
+    create_artifact,
+    json_schema,
+    read_manifest,
+    require_valid,
+    sha256_file,
+    update_metrics,
+    verify,
+)
 
 SCHEMA = Path(__file__).parents[2] / "enclave" / "schema" / "manifest.schema.json"
 
@@ -89,7 +97,9 @@ def test_edited_manifest_is_detected(tmp_path):
     assert "manifest.json: digest does not match its file list (manifest edited)" in problems
 
 
-@pytest.mark.parametrize("content, reason", [("{not json", "not valid JSON"), ('{"kind": "adapter"}', "files: Field required")])
+@pytest.mark.parametrize(
+    "content, reason", [("{not json", "not valid JSON"), ('{"kind": "adapter"}', "files: Field required")]
+)
 def test_corrupt_manifest(tmp_path, content, reason):
     art = make(tmp_path)
     (art / "manifest.json").write_text(content)
@@ -173,8 +183,18 @@ def declare(art: Path, path: str, data: bytes) -> None:
     (art / "manifest.json").write_text(json.dumps(raw))
 
 
-@pytest.mark.parametrize("entry", ["../outside.txt", "sub/../../outside.txt", "OUTSIDE_ABS", "sub\\..\\..\\outside.txt",
-                                   "sub//config.json", "./weights.safetensors", "x\x00y"])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../outside.txt",
+        "sub/../../outside.txt",
+        "OUTSIDE_ABS",
+        "sub\\..\\..\\outside.txt",
+        "sub//config.json",
+        "./weights.safetensors",
+        "x\x00y",
+    ],
+)
 def test_unsafe_entries_are_refused_by_name(tmp_path, entry):
     art = make(tmp_path)
     outside = tmp_path / "outside.txt"
@@ -212,7 +232,9 @@ def test_symlinked_file_and_parent_are_refused(tmp_path):
     (elsewhere / "weights.safetensors").write_bytes((art / "weights.safetensors").read_bytes())
     (elsewhere / "sub" / "config.json").write_text((art / "sub" / "config.json").read_text())
     (art / "weights.safetensors").unlink()
-    (art / "weights.safetensors").symlink_to(elsewhere / "weights.safetensors")  # same bytes: hashes match through the link
+    (art / "weights.safetensors").symlink_to(
+        elsewhere / "weights.safetensors"
+    )  # same bytes: hashes match through the link
     (art / "sub" / "config.json").unlink()
     (art / "sub").rmdir()
     (art / "sub").symlink_to(elsewhere / "sub")

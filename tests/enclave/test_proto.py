@@ -26,8 +26,16 @@ def test_package_is_versioned():
 
 
 def test_committed_stubs_match_make_proto(tmp_path):
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
-           f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", *map(str, PROTOS)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{ROOT / 'proto'}",
+        f"--python_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        *map(str, PROTOS),
+    ]
     subprocess.run(cmd, check=True)
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     assert generated

@@ -13,7 +13,12 @@ def rec(question: str, answer: str = "a", split: str | None = None, line: int = 
 
 
 def test_named_splits_win_and_file_order_is_kept():
-    records = [rec("q1", split="test"), rec("q2", split="train"), rec("q3", split="validation"), rec("q4", split="train")]
+    records = [
+        rec("q1", split="test"),
+        rec("q2", split="train"),
+        rec("q3", split="validation"),
+        rec("q4", split="train"),
+    ]
     assert [r.messages[0]["content"] for r in select_split(records, "train")] == ["q2", "q4"]
     assert [r.messages[0]["content"] for r in select_split(records, "test")] == ["q1"]
     with pytest.raises(ValueError, match="'dev' is not one of train, validation, test"):
@@ -34,8 +39,11 @@ def test_unsplit_records_are_placed_by_their_normalized_content():
 
 def test_a_copy_of_a_record_in_another_split_is_left_out_whatever_the_order():
     leaked = "Which court hears appeals from the district court?"
-    records = [rec(leaked, "the court of appeals", "test", 1), rec("Define tort.", "a civil wrong", "train", 2),
-               rec(leaked + "  ", "the court of appeals", "train", 3)]  # fmt: skip
+    records = [
+        rec(leaked, "the court of appeals", "test", 1),
+        rec("Define tort.", "a civil wrong", "train", 2),
+        rec(leaked + "  ", "the court of appeals", "train", 3),
+    ]
     assert [r.source for r in select_split(records, "train")] == ["d.jsonl:2"]
     assert [r.source for r in select_split(list(reversed(records)), "train")] == ["d.jsonl:2"]
 

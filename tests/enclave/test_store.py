@@ -5,10 +5,10 @@ import sys
 import pytest
 
 from enclave.errors import EnclaveError, IntegrityError
-from enclave.importer import import_model
 from enclave.manifest import read_manifest
-from enclave.pull import pull
 from enclave.store import list_models, resolve_model
+from enclave.store.importer import import_model
+from enclave.store.pull import pull
 
 
 def test_import_list_show_and_resolve(enclave_home, tiny_checkpoint):

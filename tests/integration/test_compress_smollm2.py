@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from compress import registry
-from compress.config import Calibration, EvalSettings, MergeSettings, PruneSettings
+from compress.config import EvalSettings
+from compress.merge.config import MergeSettings
+from compress.prune.config import PruneSettings
 from compress.report import report
+from compress.settings import Calibration
 from enclave.manifest import verify
 from tests.integration.conftest import NAME
 
@@ -20,7 +23,9 @@ def test_merge_prune_report(store, quick_adapter, tmp_path, monkeypatch):
     m, problems = verify(merged)
     assert problems == [] and m.metrics["same_argmax"] and m.metrics["max_logit_diff"] < 1e-3
     cal = Calibration(source="builtin:clinical_legal", samples=16, seq_len=256)
-    pruned = registry.get("prune").run(str(merged), PruneSettings(algorithm="wanda", sparsity=0.5, calibration=cal), tmp_path / "pruned", "pruned")
+    pruned = registry.get("prune").run(
+        str(merged), PruneSettings(algorithm="wanda", sparsity=0.5, calibration=cal), tmp_path / "pruned", "pruned"
+    )
     assert verify(pruned)[1] == []
     rows = report([str(merged), str(pruned)], EvalSettings(max_tokens=1024), tmp_path / "report", task_data=None)
     assert rows[0]["sparsity"] == 0.0 and rows[1]["sparsity"] == pytest.approx(0.5, abs=0.01)

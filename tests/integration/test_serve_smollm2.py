@@ -14,21 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from enclave.client import Client
+from enclave.grpc_client import Client
 from enclave.v1 import inference_pb2 as pb
 from tests.conftest import VLLM_PYTHON
 from tests.serve.conftest import admin_tokens, running, serve_config
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-135m-instruct"
-QUESTIONS = ["What does BID mean on a chart?", "Explain briefly what 'habeas corpus' means in law.", "What is a tort?",
-             "What does PRN mean?"]  # fmt: skip
+QUESTIONS = [
+    "What does BID mean on a chart?",
+    "Explain briefly what 'habeas corpus' means in law.",
+    "What is a tort?",
+    "What does PRN mean?",
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(store, *args):
-    proc = subprocess.run([sys.executable, "-m", "enclave", *args], capture_output=True, text=True,
-                          env={**os.environ, "ENCLAVE_HOME": str(store)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "enclave", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ENCLAVE_HOME": str(store)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -36,10 +44,24 @@ def _cli(store, *args):
 @pytest.fixture(scope="module")
 def repo(store, quick_adapter, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("serve-smollm2")
-    _cli(store, "compress", "export", "--model", NAME, "--format", "onnx", "--precision", "int4", "--out", str(tmp / "onnx"))
+    _cli(
+        store,
+        "compress",
+        "export",
+        "--model",
+        NAME,
+        "--format",
+        "onnx",
+        "--precision",
+        "int4",
+        "--out",
+        str(tmp / "onnx"),
+    )
     repo = tmp / "repo"
     _cli(store, "serve", "add", str(tmp / "onnx"), "--repo", str(repo), "--name", "smollm2-int4", "--version", "1")
-    _cli(store, "serve", "add", str(store / "models" / NAME), "--repo", str(repo), "--name", "smollm2", "--version", "1")
+    _cli(
+        store, "serve", "add", str(store / "models" / NAME), "--repo", str(repo), "--name", "smollm2", "--version", "1"
+    )
     _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
     return repo
 
@@ -64,12 +86,15 @@ def test_int4_onnx_and_base_with_adapter(server, repo, store, monkeypatch):
         jobs = [(q, a) for q in QUESTIONS for a in ("", "integration")]
         single = [c.generate(q, chat=True, model="smollm2", adapter=a, max_tokens=24).text for q, a in jobs]
         with cf.ThreadPoolExecutor(len(jobs)) as pool:
-            batched = list(pool.map(lambda j: c.generate(j[0], chat=True, model="smollm2", adapter=j[1], max_tokens=24).text, jobs))
+            batched = list(
+                pool.map(lambda j: c.generate(j[0], chat=True, model="smollm2", adapter=j[1], max_tokens=24).text, jobs)
+            )
         assert batched == single
         assert single[0] != single[1]  # the adapter changes the answer
     # The same adapter through transformers + PEFT (`enclave generate`) gives the same answer.
     monkeypatch.setenv("ENCLAVE_HOME", str(store))
-    from enclave.generate import GenerateConfig, generate, load
+    from enclave.hf.generate import GenerateConfig, generate
+    from enclave.hf.loader import load
     from enclave.store import resolve_model
 
     lm, tok = load(resolve_model(NAME), str(repo / "adapters" / "integration"))
@@ -82,8 +107,14 @@ def test_node_client_from_the_proto_alone(server, tmp_path):
     for name in ("package.json", "package-lock.json", "generate.js"):
         shutil.copy(src / name, tmp_path / name)
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=tmp_path, check=True, capture_output=True)
-    env = {**os.environ, "ENCLAVE_TARGET": f"127.0.0.1:{server.port}", "ENCLAVE_PROTO": str(ROOT / "proto/enclave/v1/inference.proto")}
-    proc = subprocess.run(["node", "generate.js", QUESTIONS[1]], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "ENCLAVE_TARGET": f"127.0.0.1:{server.port}",
+        "ENCLAVE_PROTO": str(ROOT / "proto/enclave/v1/inference.proto"),
+    }
+    proc = subprocess.run(
+        ["node", "generate.js", QUESTIONS[1]], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "stream matches" in proc.stdout and "smollm2-int4 v1" in proc.stderr and "FINISH_REASON_" in proc.stderr
 
@@ -91,14 +122,43 @@ def test_node_client_from_the_proto_alone(server, tmp_path):
 @pytest.mark.skipif(not VLLM_PYTHON, reason="vLLM's environment is not built (make vllm-env)")
 def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
     out = tmp_path / "vllm"
-    _cli(store, "compress", "export", "--model", NAME, "--format", "vllm", "--adapters", str(quick_adapter[0]), "--out", str(out))
+    _cli(
+        store,
+        "compress",
+        "export",
+        "--model",
+        NAME,
+        "--format",
+        "vllm",
+        "--adapters",
+        str(quick_adapter[0]),
+        "--out",
+        str(out),
+    )
     repo = tmp_path / "repo"
     _cli(store, "serve", "add", str(out), "--repo", str(repo), "--name", "smollm2-vllm", "--version", "1")
     _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
     tokens, admin = admin_tokens(tmp_path)  # the Admin rpcs below need an admin token
-    proc = subprocess.Popen([VLLM_PYTHON, "-m", "enclave", "serve", "--repo", str(repo), "--port", "0", "--metrics-port", "0",
-                             "vllm_memory_share=0.2", f"auth.tokens_file={tokens}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            VLLM_PYTHON,
+            "-m",
+            "enclave",
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "vllm_memory_share=0.2",
+            f"auth.tokens_file={tokens}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         line = proc.stdout.readline()  # after vLLM has loaded (a minute or two on 2 cores)
         assert "listening on" in line, proc.stderr.read()[-3000:]
@@ -109,10 +169,21 @@ def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
             base = c.generate(QUESTIONS[0], chat=True, max_tokens=24)
             tuned = c.generate(QUESTIONS[0], chat=True, max_tokens=24, adapter="integration")
             assert base.text.strip() and tuned.text.strip() and base.token_ids != tuned.token_ids
-            assert "".join(p.text for p in c.stream(QUESTIONS[0], chat=True, max_tokens=24, adapter="integration")) == tuned.text
-            with cf.ThreadPoolExecutor(4) as pool:  # vLLM batches these (bf16 on CPU: batch-exact answers are not promised)
-                again = list(pool.map(lambda a: c.generate(QUESTIONS[0], chat=True, max_tokens=24, adapter=a), ["", "integration"] * 2))
-            assert all(r.text.strip() and r.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH) for r in again)
+            assert (
+                "".join(p.text for p in c.stream(QUESTIONS[0], chat=True, max_tokens=24, adapter="integration"))
+                == tuned.text
+            )
+            with cf.ThreadPoolExecutor(
+                4
+            ) as pool:  # vLLM batches these (bf16 on CPU: batch-exact answers are not promised)
+                again = list(
+                    pool.map(
+                        lambda a: c.generate(QUESTIONS[0], chat=True, max_tokens=24, adapter=a), ["", "integration"] * 2
+                    )
+                )
+            assert all(
+                r.text.strip() and r.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH) for r in again
+            )
             assert [r.adapter for r in again] == ["", "integration"] * 2
             c.unload_adapter("integration")
             c.load_adapter("integration")  # from the repository this time, hash-verified

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enclave.catalog import CATALOG
-from enclave.generate import GenerateConfig, encode, generate, load
+from enclave.hf.generate import GenerateConfig, encode, generate
+from enclave.hf.loader import load
 from enclave.manifest import verify
 from enclave.store import resolve_model
+from enclave.store.catalog import CATALOG
+from tests.integration.conftest import NAME
 
 pytestmark = pytest.mark.slow
-from tests.integration.conftest import NAME
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,9 @@ def test_pulled_artifact_verifies(store):
 
 def test_second_pull_is_a_no_op(store):
     env = {**os.environ, "ENCLAVE_HOME": str(store)}
-    proc = subprocess.run([sys.executable, "-m", "enclave", "models", "pull", NAME], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "enclave", "models", "pull", NAME], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0 and "already in the store" in proc.stdout
 
 
@@ -98,7 +101,7 @@ def test_weights_equal_independent_gguf_dequantization(model, gguf_file):
 def test_logits_match_gguf_reference(model, gguf_file):
     import torch
 
-    from enclave.convert import load_gguf
+    from enclave.store.gguf import load_gguf
 
     _, lm, tok = model
     reference, _ = load_gguf(gguf_file)
@@ -110,7 +113,17 @@ def test_logits_match_gguf_reference(model, gguf_file):
 
 def test_cli_generate_streams_an_answer(store):
     env = {**os.environ, "ENCLAVE_HOME": str(store)}
-    cmd = [sys.executable, "-m", "enclave", "generate", "--model", NAME, "--max-new-tokens", "30", "What is the capital of France?"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "enclave",
+        "generate",
+        "--model",
+        NAME,
+        "--max-new-tokens",
+        "30",
+        "What is the capital of France?",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout

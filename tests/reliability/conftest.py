@@ -13,7 +13,6 @@ import pytest
 
 from tests.bench.workload import memory_mb
 
-
 SOAK = os.environ.get("ENCLAVE_SOAK") == "1"
 RESULTS = Path(os.environ.get("ENCLAVE_RELIABILITY_RESULTS", "reliability-results"))
 

@@ -23,7 +23,9 @@ KILLS = profile({"tune": 4, "compress": 3, "install": 7}, {"tune": 10, "compress
 
 
 def enclave(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "enclave", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "enclave", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def kill_at_random(cmd: list[str], env: dict, rng: random.Random, within: tuple[float, float]) -> float:
@@ -54,7 +56,12 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
     kills, finished_first = [], 0
     # --- tune, killed, then resumed -----------------------------------------------------
     data = write_jsonl(tmp_path / "facts.jsonl", fact_rows())
-    recipe = tiny_overrides(tiny_checkpoint, data, name="crash", **{"train.max_steps": 60, "train.checkpoint_every": 2, "train.eval_every": 4})
+    recipe = tiny_overrides(
+        tiny_checkpoint,
+        data,
+        name="crash",
+        **{"train.max_steps": 60, "train.checkpoint_every": 2, "train.eval_every": 4},
+    )
     adapter = tmp_path / "home" / "adapters" / "crash"
     for i in range(KILLS["tune"]):
         fresh = i == 0 or adapter.exists()
@@ -65,13 +72,30 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
         finished_first += delay < 0
         assert not adapter.exists() or verified(adapter), "a partial adapter under its final name"
     if not adapter.exists():
-        done = subprocess.run([sys.executable, "-m", "enclave", "tune", "run", "--resume", *recipe], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "enclave", "tune", "run", "--resume", *recipe],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     assert verified(adapter)
     # --- compress (prune with calibration), killed, then run again ---------------------------
     out = tmp_path / "pruned"
-    prune = ["compress", "prune", "--model", str(tiny_checkpoint), "--out", str(out), "--algorithm", "sparsegpt", "calibration.source=builtin:clinical_legal",
-             "calibration.samples=8", "calibration.seq_len=32", "--overwrite"]  # fmt: skip
+    prune = [
+        "compress",
+        "prune",
+        "--model",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--algorithm",
+        "sparsegpt",
+        "calibration.source=builtin:clinical_legal",
+        "calibration.samples=8",
+        "calibration.seq_len=32",
+        "--overwrite",
+    ]
     for _ in range(KILLS["compress"]):
         delay = kill_at_random(prune, env, rng, (1.0, 4.0))
         kills.append(("compress", round(delay, 2)))
@@ -82,7 +106,10 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
     assert verified(out)
     # --- bundle install, killed, then run again ---------------------------------------------
     keys, bundle, repo = tmp_path / "keys" / "k", tmp_path / "b.tar", tmp_path / "repo"
-    for cmd in (["bundle", "keygen", str(keys)], ["bundle", "create", str(bundle), "--key", f"{keys}.key", "--model", f"crash@1={out}"]):
+    for cmd in (
+        ["bundle", "keygen", str(keys)],
+        ["bundle", "create", str(bundle), "--key", f"{keys}.key", "--model", f"crash@1={out}"],
+    ):
         made = subprocess.run([sys.executable, "-m", "enclave", *cmd], env=env, capture_output=True, text=True)
         assert made.returncode == 0, made.stderr[-2000:]
     install = ["bundle", "install", str(bundle), "--key", f"{keys}.pub", "--repo", str(repo), "--no-wheels"]
@@ -98,7 +125,13 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     left = [adapter, out, final]
     problems = {str(p): verify(p)[1] for p in left}
-    record({"kills": kills, "killed": sum(1 for _, d in kills if d >= 0), "finished_before_the_kill": finished_first,
-            "verified_after": {k: not v for k, v in problems.items()}})  # fmt: skip
+    record(
+        {
+            "kills": kills,
+            "killed": sum(1 for _, d in kills if d >= 0),
+            "finished_before_the_kill": finished_first,
+            "verified_after": {k: not v for k, v in problems.items()},
+        }
+    )
     assert not any(problems.values()), problems
     assert sum(1 for _, d in kills if d >= 0) >= 10

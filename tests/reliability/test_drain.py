@@ -23,14 +23,32 @@ GRACE = 60
 
 
 def test_sigterm_under_load_finishes_in_flight_calls_and_exits_0(serve_repo, record):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
     from enclave.v1 import inference_pb2 as pb
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
-                             "default_model=tiny-onnx", f"grace_seconds={GRACE}", f"scheduler.max_batch_size={IN_FLIGHT}",
-                             f"limits.max_streams_per_token={IN_FLIGHT + 8}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "serve",
+            "--repo",
+            str(serve_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "default_model=tiny-onnx",
+            f"grace_seconds={GRACE}",
+            f"scheduler.max_batch_size={IN_FLIGHT}",
+            f"limits.max_streams_per_token={IN_FLIGHT + 8}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on" in line, proc.stderr.read()
@@ -39,7 +57,12 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_exits_0(serve_repo, rec
 
         def one(i: int):
             with Client(target, timeout=120) as c:
-                stream = c.stream("The court granted the motion to", model=("tiny-onnx", "tiny")[i % 2], max_tokens=100, min_tokens=100)
+                stream = c.stream(
+                    "The court granted the motion to",
+                    model=("tiny-onnx", "tiny")[i % 2],
+                    max_tokens=100,
+                    min_tokens=100,
+                )
                 first = next(stream)
                 started.append(i)
                 rest = list(stream)
@@ -62,8 +85,16 @@ def test_sigterm_under_load_finishes_in_flight_calls_and_exits_0(serve_repo, rec
         exited = time.monotonic() - signalled
     finally:
         proc.kill()
-    record({"in_flight": IN_FLIGHT, "completed": sum(1 for n, f in results if n == 100 and f == pb.FINISH_REASON_LENGTH),
-            "new_call": refused.value.code().name, "exit_code": code, "seconds_to_exit": round(exited, 2), "grace_seconds": GRACE})  # fmt: skip
+    record(
+        {
+            "in_flight": IN_FLIGHT,
+            "completed": sum(1 for n, f in results if n == 100 and f == pb.FINISH_REASON_LENGTH),
+            "new_call": refused.value.code().name,
+            "exit_code": code,
+            "seconds_to_exit": round(exited, 2),
+            "grace_seconds": GRACE,
+        }
+    )
     assert all(n == 100 and f == pb.FINISH_REASON_LENGTH for n, f in results), results
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert code == 0 and exited < GRACE

@@ -32,19 +32,31 @@ def settled(server, models=("tiny-onnx", "tiny"), timeout: float = 10.0) -> dict
         engines = {m: server.models.active[m].engine for m in models}
         idle = all(not e.running and not e.waiting for e in engines.values())
         text = _scrape(server)
-        gauges = {m: (gauge(text, "enclave_num_requests_running", m), gauge(text, "enclave_num_requests_waiting", m)) for m in models}
+        gauges = {
+            m: (gauge(text, "enclave_num_requests_running", m), gauge(text, "enclave_num_requests_waiting", m))
+            for m in models
+        }
         if (idle and all(g == (0, 0) for g in gauges.values())) or time.monotonic() > deadline:
-            return {m: {"running": len(e.running), "waiting": len(e.waiting), "gauges": gauges[m], "rows": batch_rows(e.batch),
-                        "cache": bool(e.batch.kv)} for m, e in engines.items()}  # fmt: skip
+            return {
+                m: {
+                    "running": len(e.running),
+                    "waiting": len(e.waiting),
+                    "gauges": gauges[m],
+                    "rows": batch_rows(e.batch),
+                    "cache": bool(e.batch.kv),
+                }
+                for m, e in engines.items()
+            }
         time.sleep(0.1)
 
 
 def test_streams_cancelled_at_random_points_leak_nothing(serve_repo, record):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
     rng = random.Random(1)
     cancel_after = [rng.randint(0, 20) for _ in range(CANCELLED)]
     with running(serve_config(serve_repo, scheduler__max_batch_size=8, limits__max_streams_per_token=64)) as server:
+
         def one(i: int) -> str:
             model = ("tiny-onnx", "tiny")[i % 2]
             with Client(f"127.0.0.1:{server.port}", timeout=60) as c:
@@ -63,9 +75,18 @@ def test_streams_cancelled_at_random_points_leak_nothing(serve_repo, record):
         after = Client(f"127.0.0.1:{server.port}", timeout=30).generate("Blood", max_tokens=4)
         text = _scrape(server)
     counts = {c: codes.count(c) for c in set(codes)}
-    record({"cancelled_streams": CANCELLED, "client_outcomes": counts, "after": state,
-            "server_counted_cancelled": sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                            if line.startswith("enclave_requests_total{") and 'code="CANCELLED"' in line)})  # fmt: skip
+    record(
+        {
+            "cancelled_streams": CANCELLED,
+            "client_outcomes": counts,
+            "after": state,
+            "server_counted_cancelled": sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("enclave_requests_total{") and 'code="CANCELLED"' in line
+            ),
+        }
+    )
     assert set(codes) <= {"CANCELLED", "finished"} and counts.get("CANCELLED", 0) > CANCELLED // 2
     for model, s in state.items():
         assert s["running"] == 0 and s["waiting"] == 0 and s["gauges"] == (0.0, 0.0), (model, s)
@@ -74,7 +95,7 @@ def test_streams_cancelled_at_random_points_leak_nothing(serve_repo, record):
 
 
 def test_expired_deadlines_are_deadline_exceeded_and_free_their_slot(serve_repo, record, monkeypatch):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
     from serve.backends import ort
 
     step = ort.OrtBatch.step
@@ -86,10 +107,16 @@ def test_expired_deadlines_are_deadline_exceeded_and_free_their_slot(serve_repo,
     monkeypatch.setattr(ort.OrtBatch, "step", slow)
     rng = random.Random(2)
     with running(serve_config(serve_repo, scheduler__max_batch_size=4, limits__max_streams_per_token=64)) as server:
+
         def one(i: int) -> str:
             with Client(f"127.0.0.1:{server.port}") as c:
                 try:
-                    c.generate("The court granted the motion to", model="tiny-onnx", max_tokens=200, timeout=rng.uniform(0.1, 0.3))
+                    c.generate(
+                        "The court granted the motion to",
+                        model="tiny-onnx",
+                        max_tokens=200,
+                        timeout=rng.uniform(0.1, 0.3),
+                    )
                     return "OK"
                 except grpc.RpcError as e:
                     return e.code().name

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.reliability
 MARKER = "ZQXJ-PRIVATE-7731"
 
 
-def test_markers_never_reach_logs_metrics_audit_or_manifests(serve_repo, tmp_path, caplog, capfd, record, enclave_home, tiny_checkpoint):
-    from enclave.client import Client
+def test_markers_never_reach_logs_metrics_audit_or_manifests(
+    serve_repo, tmp_path, caplog, capfd, record, enclave_home, tiny_checkpoint
+):
     from enclave.config import load_config
+    from enclave.grpc_client import Client
     from tests.tune.conftest import tiny_overrides
     from tune.config import TuneConfig
     from tune.run import run as tune
@@ -32,7 +34,9 @@ def test_markers_never_reach_logs_metrics_audit_or_manifests(serve_repo, tmp_pat
         with Client(f"127.0.0.1:{server.port}", timeout=60) as c:
             attempts = [
                 lambda: c.generate(f"The patient {MARKER} was given", max_tokens=8),
-                lambda: list(c.stream(f"{MARKER} habeas corpus", model="tiny", adapter="facts", max_tokens=8, stop=(MARKER,))),
+                lambda: list(
+                    c.stream(f"{MARKER} habeas corpus", model="tiny", adapter="facts", max_tokens=8, stop=(MARKER,))
+                ),
                 lambda: c.generate([{"role": "user", "content": MARKER}], model="tiny", max_tokens=4),
                 lambda: c.generate([{"role": MARKER, "content": "x"}], max_tokens=4),  # refused: bad role
                 lambda: c.generate(MARKER, max_tokens=5000),  # refused: over the limit
@@ -48,14 +52,38 @@ def test_markers_never_reach_logs_metrics_audit_or_manifests(serve_repo, tmp_pat
                     pass
                 sent += 1
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    data = write_jsonl(tmp_path / "facts.jsonl", [{**r, "instruction": f"{r['instruction']} {MARKER}", "output": f"{r['output']} {MARKER}"} for r in fact_rows()])
-    adapter = tune(load_config(TuneConfig, None, tiny_overrides(tiny_checkpoint, data, name="private", **{"train.max_steps": 2, "data.max_length": 128})))
+    data = write_jsonl(
+        tmp_path / "facts.jsonl",
+        [
+            {**r, "instruction": f"{r['instruction']} {MARKER}", "output": f"{r['output']} {MARKER}"}
+            for r in fact_rows()
+        ],
+    )
+    adapter = tune(
+        load_config(
+            TuneConfig,
+            None,
+            tiny_overrides(tiny_checkpoint, data, name="private", **{"train.max_steps": 2, "data.max_length": 128}),
+        )
+    )
     manifests = [p.read_text() for p in adapter.rglob("manifest.json")]
     out, err = capfd.readouterr()
-    places = {"logs": "\n".join(r.getMessage() for r in caplog.records), "stdout/stderr": out + err, "metrics": metrics,
-              "audit": audit.read_text(), "manifests": "\n".join(manifests)}  # fmt: skip
+    places = {
+        "logs": "\n".join(r.getMessage() for r in caplog.records),
+        "stdout/stderr": out + err,
+        "metrics": metrics,
+        "audit": audit.read_text(),
+        "manifests": "\n".join(manifests),
+    }
     leaks = {name: text.count(MARKER) for name, text in places.items() if MARKER in text}
-    record({"requests_with_marker": sent, "tuning_records_with_marker": len(fact_rows()), "places_checked": sorted(places),
-            "audit_lines": len(audit.read_text().splitlines()), "leaks": leaks})  # fmt: skip
+    record(
+        {
+            "requests_with_marker": sent,
+            "tuning_records_with_marker": len(fact_rows()),
+            "places_checked": sorted(places),
+            "audit_lines": len(audit.read_text().splitlines()),
+            "leaks": leaks,
+        }
+    )
     assert audit.read_text().strip() and all(json.loads(line) for line in audit.read_text().splitlines())
     assert not leaks, f"the marker leaked into: {leaks}"

@@ -37,7 +37,9 @@ def test_no_pickle_and_no_remote_code(record):
         rel = path.relative_to(ROOT)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                names = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                )
                 if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "shelve") for n in names):
                     problems.append(f"{rel}:{node.lineno}: imports a pickle module")
         for name, base, kw in calls(tree):
@@ -48,7 +50,11 @@ def test_no_pickle_and_no_remote_code(record):
                     problems.append(f"{rel}: torch.load without weights_only=True")
             if name in ("load", "loads") and base in ("pickle", "np", "numpy") and base != "np":
                 problems.append(f"{rel}: {base}.{name}")
-            if name == "load" and base in ("np", "numpy") and not (isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False):
+            if (
+                name == "load"
+                and base in ("np", "numpy")
+                and not (isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False)
+            ):
                 problems.append(f"{rel}: numpy.load without allow_pickle=False")
             value = kw.get("trust_remote_code")
             if value is not None and not (isinstance(value, ast.Constant) and value.value is False):
@@ -59,7 +65,9 @@ def test_no_pickle_and_no_remote_code(record):
 
 
 def test_the_checker_catches_what_it_looks_for(tmp_path):
-    bad = ast.parse("import pickle\nimport torch\ntorch.load(f)\nAutoModel.from_pretrained(p, trust_remote_code=True)\n")
+    bad = ast.parse(
+        "import pickle\nimport torch\ntorch.load(f)\nAutoModel.from_pretrained(p, trust_remote_code=True)\n"
+    )
     found = [name for name, base, kw in calls(bad)]
     assert "load" in found and "from_pretrained" in found
     kw = dict((n, k) for n, b, k in calls(bad))

@@ -19,13 +19,16 @@ pytestmark = pytest.mark.reliability
 def test_flipped_byte_edited_manifest_and_swapped_adapter_are_refused_by_name(serve_repo, tmp_path, record):
     from safetensors.torch import load_file, save_file
 
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
     refused = {}
     # A flipped byte in the ONNX model's weights: the server will not start on it.
     repo = tmp_path / "flipped"
     shutil.copytree(serve_repo, repo)
-    weights = max((p for p in (repo / "models" / "tiny-onnx" / "1").iterdir() if p.name.startswith("model.onnx")), key=lambda p: p.stat().st_size)
+    weights = max(
+        (p for p in (repo / "models" / "tiny-onnx" / "1").iterdir() if p.name.startswith("model.onnx")),
+        key=lambda p: p.stat().st_size,
+    )
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
@@ -56,12 +59,18 @@ def test_flipped_byte_edited_manifest_and_swapped_adapter_are_refused_by_name(se
     other = {k: v * 2 + 0.01 for k, v in load_file(target).items()}
     save_file(other, target)
     tokens, admin = admin_tokens(tmp_path)
-    with (running(serve_config(repo, default_model="tiny", auth__tokens_file=str(tokens))) as server,
-          Client(f"127.0.0.1:{server.port}", timeout=60, token=admin) as c):  # fmt: skip
+    with (
+        running(serve_config(repo, default_model="tiny", auth__tokens_file=str(tokens))) as server,
+        Client(f"127.0.0.1:{server.port}", timeout=60, token=admin) as c,
+    ):
         with pytest.raises(grpc.RpcError) as e:
             c.load_adapter("facts", model="tiny")
         refused["swapped adapter"] = e.value.details()
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "adapter_model.safetensors" in e.value.details()
-        assert all("facts" not in [a.name for a in m.adapters] for m in c.models().models)  # nothing tampered was loaded
+        assert (
+            e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "adapter_model.safetensors" in e.value.details()
+        )
+        assert all(
+            "facts" not in [a.name for a in m.adapters] for m in c.models().models
+        )  # nothing tampered was loaded
         assert len(c.generate("hi", model="tiny", max_tokens=2).token_ids) >= 1  # the base keeps serving
     record({"refused": {k: v[:300] for k, v in refused.items()}})

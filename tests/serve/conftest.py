@@ -25,8 +25,15 @@ def status_of(call) -> tuple:
 def serve_config(repo: Path, **overrides):
     from serve.config import ServeConfig
 
-    data = {"repo": str(repo), "port": 0, "metrics_port": 0, "default_model": "tiny-onnx", "threads": 1, "watch_seconds": 0.2,
-            "grace_seconds": 10}  # fmt: skip
+    data = {
+        "repo": str(repo),
+        "port": 0,
+        "metrics_port": 0,
+        "default_model": "tiny-onnx",
+        "threads": 1,
+        "watch_seconds": 0.2,
+        "grace_seconds": 10,
+    }
     for key, value in overrides.items():
         node = data
         *path, last = key.split("__")
@@ -75,14 +82,16 @@ def admin_tokens(directory: Path) -> tuple[Path, str]:
 def server(serve_repo, tmp_path_factory):
     """The shared test server: loopback, an admin token (the Admin service needs one), reflection on."""
     path, token = admin_tokens(tmp_path_factory.mktemp("tokens"))
-    with running(serve_config(serve_repo, scheduler__max_batch_size=8, reflection=True, auth__tokens_file=str(path))) as s:
+    with running(
+        serve_config(serve_repo, scheduler__max_batch_size=8, reflection=True, auth__tokens_file=str(path))
+    ) as s:
         s.token = token
         yield s
 
 
 @pytest.fixture()
 def client(server):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
     with Client(f"127.0.0.1:{server.port}", timeout=60, token=server.token) as c:
         yield c

@@ -18,8 +18,18 @@ from serve.audit import Audit
 def write(path: Path, n: int, start: int = 0, **kwargs) -> None:
     audit = Audit(str(path), **kwargs)
     for i in range(start, start + n):
-        audit.record(request_id=f"req-{i:04d}", token="sha256:ab12", model="tiny", version=1, adapter="",
-                     prompt_tokens=7, completion_tokens=4, status="OK", finish="length", latency_seconds=0.0123)  # fmt: skip
+        audit.record(
+            request_id=f"req-{i:04d}",
+            token="sha256:ab12",
+            model="tiny",
+            version=1,
+            adapter="",
+            prompt_tokens=7,
+            completion_tokens=4,
+            status="OK",
+            finish="length",
+            latency_seconds=0.0123,
+        )
     audit.close()
 
 
@@ -123,8 +133,15 @@ TAMPERING = {
     "delete three lines": (lambda raw: raw[:4] + raw[7:], 5, "seq 5-7 missing"),
     "swap two lines": (lambda raw: raw[:4] + [raw[5], raw[4]] + raw[6:], 5, "seq 5 missing"),
     "repeat a line": (lambda raw: raw[:5] + [raw[4]] + raw[5:], 6, "out of order or repeated"),
-    "insert a line, renumber the rest": (lambda raw: raw[:4] + [raw[3].replace(b'"seq": 4', b'"seq": 5')] + [
-        r.replace(f'"seq": {i}'.encode(), f'"seq": {i + 1}'.encode()) for i, r in enumerate(raw[4:], 5)], 5, "inserted"),
+    "insert a line, renumber the rest": (
+        lambda raw: (
+            raw[:4]
+            + [raw[3].replace(b'"seq": 4', b'"seq": 5')]
+            + [r.replace(f'"seq": {i}'.encode(), f'"seq": {i + 1}'.encode()) for i, r in enumerate(raw[4:], 5)]
+        ),
+        5,
+        "inserted",
+    ),
     "change the prev of a line": (relink, 7, "inserted or edited"),
     "drop the first line": (lambda raw: raw[1:], 1, "seq 1 missing"),
 }

@@ -4,7 +4,6 @@ cannot flood the audit log, and one connection holds a bounded number of streams
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import threading
 import time
@@ -12,16 +11,15 @@ import time
 import grpc
 import pytest
 
-from enclave.client import Client
+from enclave.grpc_client import Client
 from tests.serve.conftest import running, serve_config, status_of
-
 
 # 20 hostile calls from another process (as from another machine): Generate and CountTokens with
 # about 4 MB of text, and with text just under the byte bound, which the server must tokenize.
 HOSTILE = """
 import concurrent.futures as cf, json, sys
 import grpc
-from enclave.client import Client
+from enclave.grpc_client import Client
 target, near = sys.argv[1], "x" * int(sys.argv[2])
 huge = "lorem ipsum dolor sit amet " * 150_000
 def hostile(i):
@@ -48,10 +46,30 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
     from serve.tokenizer import ServeTokenizer
 
     tokenizer = ServeTokenizer(serve_repo / "models" / "tiny-onnx" / "1")
-    near = 4096 * max_token_bytes(tokenizer) - 1  # just under the bound of the default max_prompt_tokens: tokenized, then refused
-    server = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
-                               "default_model=tiny-onnx", "limits.max_message_bytes=8388608", "limits.max_streams_per_token=32"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})  # fmt: skip
+    near = (
+        4096 * max_token_bytes(tokenizer) - 1
+    )  # just under the bound of the default max_prompt_tokens: tokenized, then refused
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "serve",
+            "--repo",
+            str(serve_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "default_model=tiny-onnx",
+            "limits.max_message_bytes=8388608",
+            "limits.max_streams_per_token=32",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         line = server.stdout.readline()
         assert "listening on" in line, server.stderr.read()
@@ -69,13 +87,17 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
 
         watcher = threading.Thread(target=probe)
         watcher.start()
-        out = subprocess.run([sys.executable, "-c", HOSTILE, target, str(near)], capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", HOSTILE, target, str(near)], capture_output=True, text=True, timeout=300
+        )
         stop.set()
         watcher.join()
         results = json.loads(out.stdout)
         assert {code for code, _ in results} == {"RESOURCE_EXHAUSTED"}, out.stderr
         assert any("characters cannot fit" in d for _, d in results) and any("characters" not in d for _, d in results)
-        assert len(samples) > 20 and max(samples) < 0.1, f"health took {max(samples) * 1000:.0f} ms while 20 huge prompts were refused"
+        assert len(samples) > 20 and max(samples) < 0.1, (
+            f"health took {max(samples) * 1000:.0f} ms while 20 huge prompts were refused"
+        )
         with Client(target, timeout=30) as c:
             assert c.generate("Blood", max_tokens=3).usage.completion_tokens == 3
     finally:
@@ -85,9 +107,9 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
 
 def test_queue_bounds_hold_before_the_batch_is_full(server):
     """A burst between two engine steps: 500 submissions, the bounds say 8 running + 4 queued."""
-    from serve.backends.base import Job, Sampling
     from serve.config import SchedulerSettings
     from serve.errors import ResourceExhausted
+    from serve.job import Job, Sampling
 
     engine = server.models.active["tiny-onnx"].engine
     saved = engine.settings
@@ -168,7 +190,7 @@ def test_tokenize_and_count_tokens_count_against_the_limit(serve_repo):
             stream = c.stream("The patient was given", max_tokens=80, min_tokens=80)
             next(stream)
             for call in (c.count_tokens, c.tokenize):
-                code, details = status_of(lambda: call("Blood pressure"))
+                code, details = status_of(lambda: call("Blood pressure"))  # noqa: B023 (called here)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams_per_token" in details
             list(stream)
             assert c.count_tokens("Blood pressure").count > 0
@@ -183,7 +205,7 @@ def test_refused_calls_without_a_token_cannot_flood_the_audit_log(serve_repo, tm
         started = time.monotonic()
         with Client(f"127.0.0.1:{server.port}", timeout=30) as anonymous:
             for i in range(300):
-                status_of(lambda: anonymous.generate("hi", max_tokens=1, request_id=f"flood-{i}"))
+                status_of(lambda: anonymous.generate("hi", max_tokens=1, request_id=f"flood-{i}"))  # noqa: B023 (called here)
         elapsed = time.monotonic() - started
         with Client(f"127.0.0.1:{server.port}", timeout=30, token=admin) as ops:
             ops.generate("hi", max_tokens=1, request_id="ops-1")
@@ -201,6 +223,8 @@ def test_a_connection_holds_at_most_max_concurrent_streams(serve_repo):
             stream = c.stream("The patient was given", max_tokens=60, min_tokens=60)
             next(stream)
             # A second call on the same connection waits for a stream: it cannot start within its deadline.
-            assert status_of(lambda: c.generate("hi", max_tokens=2, timeout=1.5))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert (
+                status_of(lambda: c.generate("hi", max_tokens=2, timeout=1.5))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            )
             list(stream)
             assert c.generate("hi", max_tokens=2).usage.completion_tokens == 2

@@ -40,7 +40,22 @@ def test_repository_commands(serve_repo, tmp_path, capsys):
     assert main(["serve", "activate", "m", "7", "--repo", str(repo)]) == 2
     assert "has no version '7'; it has: 1, 2" in capsys.readouterr().err
     assert main(["serve", "add-adapter", str(serve_repo / "adapters" / "facts"), "--repo", str(repo)]) == 0
-    assert main(["serve", "add", str(serve_repo / "adapters" / "facts"), "--repo", str(repo), "--name", "x", "--version", "1"]) == 2
+    assert (
+        main(
+            [
+                "serve",
+                "add",
+                str(serve_repo / "adapters" / "facts"),
+                "--repo",
+                str(repo),
+                "--name",
+                "x",
+                "--version",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "adapter artifact, which the server does not run" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(art, broken)

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from enclave.client import Client
 from enclave.errors import ConfigError, EnclaveError
+from enclave.grpc_client import Client
 from tests.serve.conftest import running, serve_config, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,27 +20,52 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _enclave(*args, stdin: str | None = None, env_home: Path | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "ENCLAVE_HOME": str(env_home or ROOT / ".nonexistent")}
-    return subprocess.run([sys.executable, "-m", "enclave", *args], capture_output=True, text=True, input=stdin, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "enclave", *args], capture_output=True, text=True, input=stdin, env=env, timeout=120
+    )
 
 
 def test_token_create_prints_the_token_once_and_stores_its_hash(tmp_path):
     from serve.auth import Tokens, entropy_bits, token_hash
 
     path = tmp_path / "tokens.yaml"
-    made = _enclave("serve", "token", "create", "--name", "ehr", "--role", "reader", "--models", "tiny-onnx", "--tokens-file", str(path))
+    made = _enclave(
+        "serve",
+        "token",
+        "create",
+        "--name",
+        "ehr",
+        "--role",
+        "reader",
+        "--models",
+        "tiny-onnx",
+        "--tokens-file",
+        str(path),
+    )
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert len(made.stdout.splitlines()) == 1 and entropy_bits(token) >= 200  # only the answer on stdout
     stored = path.read_text()
     assert token not in stored and token_hash(token) in stored and path.stat().st_mode & 0o777 == 0o600
-    admin = _enclave("serve", "token", "create", "--name", "ops", "--role", "admin", "--tokens-file", str(path)).stdout.strip()
+    admin = _enclave(
+        "serve", "token", "create", "--name", "ops", "--role", "admin", "--tokens-file", str(path)
+    ).stdout.strip()
     again = _enclave("serve", "token", "create", "--name", "ops", "--role", "admin", "--tokens-file", str(path))
     assert again.returncode != 0 and "already in" in again.stderr
     entries = {c.name: c for _, c in Tokens(path).entries}
     assert entries["ehr"].role == "reader" and entries["ehr"].models == {"tiny-onnx"} and entries["ops"].admin
     assert admin not in path.read_text()
     # A site's own token, from its secret store on stdin: accepted when strong, refused when weak.
-    strong = _enclave("serve", "token", "add", "--name", "vault", "--tokens-file", str(path), stdin="Zq8" + "x7Kp2Lm9Rt4Vb6Nw" * 2 + "\n")
+    strong = _enclave(
+        "serve",
+        "token",
+        "add",
+        "--name",
+        "vault",
+        "--tokens-file",
+        str(path),
+        stdin="Zq8" + "x7Kp2Lm9Rt4Vb6Nw" * 2 + "\n",
+    )
     assert strong.returncode == 0 and strong.stdout == "", strong.stderr
     for weak, why in (("hunter2hunter2", "bits of entropy"), ("change-me-please-0123456789abcdefghij", "placeholder")):
         out = _enclave("serve", "token", "add", "--name", "weak", "--tokens-file", str(path), stdin=weak + "\n")
@@ -49,7 +74,9 @@ def test_token_create_prints_the_token_once_and_stores_its_hash(tmp_path):
     assert revoked.returncode == 0 and "ehr" not in {c.name for _, c in Tokens(path).entries}
 
 
-@pytest.mark.parametrize("example", ["serve/configs/tokens.example.yaml", "deploy/kubernetes/secret-tokens.example.yaml"])
+@pytest.mark.parametrize(
+    "example", ["serve/configs/tokens.example.yaml", "deploy/kubernetes/secret-tokens.example.yaml"]
+)
 def test_example_placeholders_are_refused(example, tmp_path):
     import yaml
 
@@ -95,13 +122,20 @@ def test_tokens_file_reloads_on_change_and_on_sighup(serve_repo, tmp_path):
             revoke_token(path, "first")
             time.sleep(0.8)
             assert status_of(lambda: c1.generate("hi", max_tokens=2))[0] == grpc.StatusCode.UNAUTHENTICATED
-            assert first_part + sum(len(m.token_ids) for m in stream) == 60  # the revoked caller's call in flight finished
+            assert (
+                first_part + sum(len(m.token_ids) for m in stream) == 60
+            )  # the revoked caller's call in flight finished
             # An invalid file is logged and the previous tokens stay.
             path.write_text("- {name: broken}\n")
             time.sleep(0.8)
             with Client(target, token=second, timeout=30) as c2:
                 assert c2.models().models
-        text = __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        text = (
+            __import__("urllib.request")
+            .request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
         assert 'enclave_credentials_reloads_total{result="ok",what="tokens"}' in text
         assert 'enclave_credentials_reloads_total{result="error",what="tokens"}' in text
 
@@ -115,9 +149,27 @@ def test_sighup_reloads_the_tokens_file(serve_repo, tmp_path):
 
     path = tmp_path / "tokens.yaml"
     add_token(path, "first", "reader")
-    proc = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
-                             "default_model=tiny-onnx", f"auth.tokens_file={path}", "watch_seconds=600"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "serve",
+            "--repo",
+            str(serve_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "default_model=tiny-onnx",
+            f"auth.tokens_file={path}",
+            "watch_seconds=600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on" in line, proc.stderr.read()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from serve.backends.base import Event, Job, Outbox, Sampling
+from serve.call import Call
+from serve.job import Event, Job, Outbox, Sampling
 from serve.metrics import Metrics
-from serve.service import _Call
 
 
 def test_outbox_delivers_a_phase_in_order_with_one_wakeup():
@@ -36,11 +36,11 @@ def test_outbox_delivers_a_phase_in_order_with_one_wakeup():
 def test_events_queued_behind_a_slow_reader_go_out_as_one():
     async def main():
         job = Job("r", [1], Sampling(max_tokens=8), loop=asyncio.get_running_loop(), queue=asyncio.Queue())
-        call = object.__new__(_Call)
         gate = SimpleNamespace(enter=lambda c: None, leave=lambda c: None)
-        call.svc = SimpleNamespace(gate=gate, metrics=Metrics())
-        call.served = SimpleNamespace(engine=SimpleNamespace(submit=lambda j: None, cancel=lambda j: None), name="m")
-        call.job, call.caller, call.finish, call.last_token, call.entered = job, None, None, None, False
+        admission = SimpleNamespace(gate=gate, metrics=Metrics())
+        served = SimpleNamespace(engine=SimpleNamespace(submit=lambda j: None, cancel=lambda j: None), name="m")
+        call = Call(admission, served, caller=None, request_id="r")
+        call.job = job
         for i, text in enumerate("abc"):
             job.queue.put_nowait(Event([i], text))
         job.queue.put_nowait(Event([3], "d", finish="length"))

@@ -7,22 +7,25 @@ import grpc
 import pytest
 
 from enclave.v1 import inference_pb2 as pb
-from tests.serve.conftest import running, serve_config, status_of as _code
+from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import status_of as _code
 
 
-
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"temperature": -1.0}, "sampling.temperature"),
-    ({"temperature": float("nan")}, "sampling.temperature"),
-    ({"top_p": 0.0}, "sampling.top_p"),
-    ({"top_p": 1.5}, "sampling.top_p"),
-    ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"),
-    ({"stop": ("",)}, "sampling.stop[0]"),
-    ({"stop": ("x" * 300,)}, "sampling.stop[0]"),
-    ({"stop": tuple("abcdefghijklmnopq")}, "sampling.stop"),
-    ({"request_id": "r" * 129}, "request_id"),
-    ({"max_tokens": 4, "min_tokens": 5}, "sampling.min_tokens"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": -1.0}, "sampling.temperature"),
+        ({"temperature": float("nan")}, "sampling.temperature"),
+        ({"top_p": 0.0}, "sampling.top_p"),
+        ({"top_p": 1.5}, "sampling.top_p"),
+        ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"),
+        ({"stop": ("",)}, "sampling.stop[0]"),
+        ({"stop": ("x" * 300,)}, "sampling.stop[0]"),
+        ({"stop": tuple("abcdefghijklmnopq")}, "sampling.stop"),
+        ({"request_id": "r" * 129}, "request_id"),
+        ({"max_tokens": 4, "min_tokens": 5}, "sampling.min_tokens"),
+    ],
+)
 def test_invalid_fields_are_named(client, kwargs, field):
     code, details = _code(lambda: client.generate("hello", **kwargs))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field)
@@ -33,7 +36,9 @@ def test_invalid_fields_are_named(client, kwargs, field):
 def test_invalid_inputs(client):
     stub = client.inference
     assert _code(lambda: stub.Generate(pb.GenerateRequest(), metadata=client.metadata))[1].startswith("input")
-    assert _code(lambda: stub.Generate(pb.GenerateRequest(prompt=""), metadata=client.metadata))[1].startswith("prompt: empty")
+    assert _code(lambda: stub.Generate(pb.GenerateRequest(prompt=""), metadata=client.metadata))[1].startswith(
+        "prompt: empty"
+    )
     code, details = _code(lambda: stub.Generate(pb.GenerateRequest(chat=pb.Chat()), metadata=client.metadata))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat.messages")
     code, details = _code(lambda: client.generate([{"role": "robot", "content": "x"}]))
@@ -46,22 +51,40 @@ def test_invalid_inputs(client):
 
 
 def test_extreme_sampling_values_are_served(client):
-    for kwargs in ({"temperature": 1e-30}, {"temperature": 100.0, "top_k": 100000}, {"repetition_penalty": 1e30},
-                   {"seed": 2**64 - 1, "temperature": 1.0}, {"top_p": 1e-9, "temperature": 1.0}):  # fmt: skip
+    for kwargs in (
+        {"temperature": 1e-30},
+        {"temperature": 100.0, "top_k": 100000},
+        {"repetition_penalty": 1e30},
+        {"seed": 2**64 - 1, "temperature": 1.0},
+        {"top_p": 1e-9, "temperature": 1.0},
+    ):
         reply = client.generate("The court", max_tokens=3, **kwargs)
         assert reply.usage.completion_tokens == 3 or reply.finish_reason == pb.FINISH_REASON_STOP
 
 
 def test_limits(serve_repo):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
-    cfg = serve_config(serve_repo, limits__max_new_tokens=8, limits__default_new_tokens=5, limits__max_prompt_tokens=10,
-                       limits__max_message_bytes=2048)  # fmt: skip
+    cfg = serve_config(
+        serve_repo,
+        limits__max_new_tokens=8,
+        limits__default_new_tokens=5,
+        limits__max_prompt_tokens=10,
+        limits__max_message_bytes=2048,
+    )
     with running(cfg) as server, Client(f"127.0.0.1:{server.port}") as client:
         code, details = _code(lambda: client.generate("hi", max_tokens=9))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("sampling.max_tokens") and "8" in details
-        code, details = _code(lambda: client.generate("The court granted the motion to dismiss for lack of jurisdiction."))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("prompt") and "limits.max_prompt_tokens" in details
+        assert (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("sampling.max_tokens") and "8" in details
+        )
+        code, details = _code(
+            lambda: client.generate("The court granted the motion to dismiss for lack of jurisdiction.")
+        )
+        assert (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and details.startswith("prompt")
+            and "limits.max_prompt_tokens" in details
+        )
         code, _ = _code(lambda: client.generate("x" * 4096))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # over max_message_bytes: grpc refuses it
         reply = client.generate("hi")  # max_tokens 0: limits.default_new_tokens
@@ -79,7 +102,7 @@ def test_default_new_tokens_over_the_limit_is_a_config_error(serve_repo):
 
 
 def test_a_bug_is_internal_and_the_server_keeps_serving(serve_repo, monkeypatch, caplog):
-    from enclave.client import Client
+    from enclave.grpc_client import Client
     from serve.backends import ort
 
     step, broken = ort.OrtBatch.step, {"on": True}

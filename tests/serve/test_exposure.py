@@ -15,8 +15,8 @@ import grpc
 import pytest
 import yaml
 
-from enclave.client import Client
 from enclave.errors import EnclaveError
+from enclave.grpc_client import Client
 from tests.serve.conftest import admin_tokens, running, serve_config, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +34,12 @@ def test_a_network_address_needs_tls_and_tokens(serve_repo, certs, tmp_path):
 
     tokens, _ = admin_tokens(tmp_path)
     tls = {"tls__cert": str(certs.cert), "tls__key": str(certs.key)}
-    for host, extra, missing in (("0.0.0.0", {}, "no TLS (tls.cert and tls.key) and no tokens (auth.tokens_file)"),
-                                 ("::", tls, "no tokens"), ("10.1.2.3", {"auth__tokens_file": str(tokens)}, "no TLS"),
-                                 ("enclave.hospital.local", {}, "no TLS")):  # fmt: skip
+    for host, extra, missing in (
+        ("0.0.0.0", {}, "no TLS (tls.cert and tls.key) and no tokens (auth.tokens_file)"),
+        ("::", tls, "no tokens"),
+        ("10.1.2.3", {"auth__tokens_file": str(tokens)}, "no TLS"),
+        ("enclave.hospital.local", {}, "no TLS"),
+    ):
         with pytest.raises(EnclaveError) as e:
             Server(serve_config(serve_repo, host=host, **extra))
         assert f"host: {host} is reachable from the network" in str(e.value) and missing in str(e.value)
@@ -82,7 +85,9 @@ def test_reflection_is_off_unless_configured(serve_repo):
     def services(port):
         with Client(f"127.0.0.1:{port}", timeout=10) as c:
             stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
-            reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+            reply = next(
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            )
             return {s.name for s in reply.list_services_response.service}
 
     with running(serve_config(serve_repo)) as server:
@@ -98,7 +103,9 @@ def _threads() -> int:
 
 
 def test_metrics_bind_their_own_host_with_a_connection_cap(serve_repo):
-    cfg = serve_config(serve_repo, host="0.0.0.0", insecure=True, metrics_max_connections=4, metrics_timeout_seconds=0.5)
+    cfg = serve_config(
+        serve_repo, host="0.0.0.0", insecure=True, metrics_max_connections=4, metrics_timeout_seconds=0.5
+    )
     with running(cfg) as server:
         assert server.metrics.http.httpd.server_address[0] == "127.0.0.1"  # the default metrics_host, not the gRPC host
         before = _threads()
@@ -119,7 +126,9 @@ def test_the_shipped_configs_are_secure(serve_repo):
     from serve.tls import check_exposure
 
     container = yaml.safe_load((ROOT / "deploy/config/serve.yaml").read_text())
-    configmap = yaml.safe_load(yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())["data"]["serve.yaml"])
+    configmap = yaml.safe_load(
+        yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())["data"]["serve.yaml"]
+    )
     for data in (container, configmap):
         cfg = ServeConfig.model_validate(data)
         assert cfg.host == "0.0.0.0" and not cfg.insecure and cfg.tls.cert and cfg.tls.key and cfg.auth.tokens_file

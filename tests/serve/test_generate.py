@@ -10,8 +10,14 @@ import pytest
 
 from enclave.v1 import inference_pb2 as pb
 
-PROMPTS = ["The patient was given", "The court granted the motion to dismiss for lack", "Blood",
-           "Habeas corpus is a writ requiring a person", "no acute distress", "twice a day"]  # fmt: skip
+PROMPTS = [
+    "The patient was given",
+    "The court granted the motion to dismiss for lack",
+    "Blood",
+    "Habeas corpus is a writ requiring a person",
+    "no acute distress",
+    "twice a day",
+]
 
 
 def test_health_reflection_and_models(server, client):
@@ -80,7 +86,9 @@ def test_chat_tokenize_and_count_match_transformers(serve_repo, client):
 
     tok = AutoTokenizer.from_pretrained(serve_repo / "models" / "tiny" / "1")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a writ?"}]
-    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert list(client.tokenize(messages).token_ids) == list(expected)
     counted = client.count_tokens(messages, model="tiny")
     assert counted.count == len(expected) and counted.context_length == 128
@@ -105,11 +113,21 @@ def test_context_limit_finish(server, client):
 def test_metrics_endpoint(server, client):
     client.generate("The patient was given", max_tokens=4)
     text = _scrape(server)
-    for name in ("enclave_time_to_first_token_seconds_bucket", "enclave_inter_token_latency_seconds_bucket",
-                 "enclave_e2e_request_latency_seconds_bucket", "enclave_request_queue_time_seconds_bucket",
-                 "enclave_prompt_tokens_total", "enclave_generation_tokens_total", "enclave_num_requests_running",
-                 "enclave_num_requests_waiting", "enclave_slot_usage_ratio", "enclave_model_load_seconds",
-                 "enclave_request_prompt_tokens_bucket", "enclave_request_generation_tokens_bucket", "process_resident_memory_bytes"):  # fmt: skip
+    for name in (
+        "enclave_time_to_first_token_seconds_bucket",
+        "enclave_inter_token_latency_seconds_bucket",
+        "enclave_e2e_request_latency_seconds_bucket",
+        "enclave_request_queue_time_seconds_bucket",
+        "enclave_prompt_tokens_total",
+        "enclave_generation_tokens_total",
+        "enclave_num_requests_running",
+        "enclave_num_requests_waiting",
+        "enclave_slot_usage_ratio",
+        "enclave_model_load_seconds",
+        "enclave_request_prompt_tokens_bucket",
+        "enclave_request_generation_tokens_bucket",
+        "process_resident_memory_bytes",
+    ):
         assert name in text, name
     assert 'enclave_requests_total{adapter="",code="OK",model="tiny-onnx"}' in text
     assert 'le="0.005"' in text  # explicit buckets
@@ -122,7 +140,11 @@ def _scrape(server) -> str:
 
 def _steps_with_several_rows(server, model: str) -> float:
     """Decode steps with more than one row: count(le=+Inf) - count(le=1) of enclave_batch_size."""
-    lines = [line for line in _scrape(server).splitlines() if line.startswith("enclave_batch_size_bucket{") and f'model="{model}"' in line]
+    lines = [
+        line
+        for line in _scrape(server).splitlines()
+        if line.startswith("enclave_batch_size_bucket{") and f'model="{model}"' in line
+    ]
     one = next(float(x.rsplit(" ", 1)[1]) for x in lines if 'le="1.0"' in x)
     inf = next(float(x.rsplit(" ", 1)[1]) for x in lines if 'le="+Inf"' in x)
     return inf - one
@@ -131,7 +153,9 @@ def _steps_with_several_rows(server, model: str) -> float:
 def test_unknown_names_are_not_found_and_list_what_exists(client):
     with pytest.raises(grpc.RpcError) as e:
         client.generate("hi", model="nope")
-    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "tiny-onnx" in e.value.details() and "tiny" in e.value.details()
+    assert (
+        e.value.code() == grpc.StatusCode.NOT_FOUND and "tiny-onnx" in e.value.details() and "tiny" in e.value.details()
+    )
     with pytest.raises(grpc.RpcError) as e:
         client.generate("hi", model="tiny", version="9")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "1, 2" in e.value.details()
@@ -140,4 +164,6 @@ def test_unknown_names_are_not_found_and_list_what_exists(client):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "adapter" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         client.generate("hi", model="tiny", version="2")
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "enclave serve activate tiny 2" in e.value.details()
+    assert (
+        e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "enclave serve activate tiny 2" in e.value.details()
+    )

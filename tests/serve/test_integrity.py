@@ -17,7 +17,7 @@ import pytest
 
 from enclave.errors import EnclaveError, IntegrityError
 from enclave.manifest import MANIFEST, FileEntry, content_digest, create_artifact, read_manifest, require_valid
-from serve.repository import PinMismatch, Repository
+from enclave.repository import PinMismatch, Repository
 from tests.serve.conftest import admin_tokens, running, serve_config
 from tests.serve.test_lifecycle import _wait
 
@@ -64,8 +64,15 @@ def test_a_version_rewritten_after_activation_is_refused_at_start_until_repinned
         pass
     message = str(e.value)
     state = repo.models_dir / "m" / "active.json"
-    for part in ("model 'm' version '1'", str(version / MANIFEST), f"has digest {found}", f"pins {pinned}", str(state),
-                 "fix: check the artifact", "`enclave serve activate m 1`"):  # fmt: skip
+    for part in (
+        "model 'm' version '1'",
+        str(version / MANIFEST),
+        f"has digest {found}",
+        f"pins {pinned}",
+        str(state),
+        "fix: check the artifact",
+        "`enclave serve activate m 1`",
+    ):
         assert part in message, part
     assert isinstance(e.value, IntegrityError)
     assert json.loads(state.read_text())["digest"] == pinned  # the pin is in active.json
@@ -75,8 +82,10 @@ def test_a_version_rewritten_after_activation_is_refused_at_start_until_repinned
         assert server.models.active["m"].version.version == "1"
 
 
-def test_rollback_to_a_version_rewritten_while_inactive_is_refused_and_the_old_one_keeps_serving(serve_repo, tmp_path, caplog):
-    from enclave.client import Client
+def test_rollback_to_a_version_rewritten_while_inactive_is_refused_and_the_old_one_keeps_serving(
+    serve_repo, tmp_path, caplog
+):
+    from enclave.grpc_client import Client
 
     repo = Repository(tmp_path / "repo")
     repo.add(serve_repo / "models" / "tiny-onnx" / "1", "m", "1")
@@ -84,7 +93,9 @@ def test_rollback_to_a_version_rewritten_while_inactive_is_refused_and_the_old_o
     repo.activate("m", "1")
     with running(serve_config(repo.root, default_model="m")) as server, Client(f"127.0.0.1:{server.port}") as client:
         config = json.loads((repo.models_dir / "m" / "2" / "genai_config.json").read_text())
-        found = rewrite(repo.models_dir / "m" / "2", "genai_config.json", json.dumps({**config, "tampered": True}).encode())
+        found = rewrite(
+            repo.models_dir / "m" / "2", "genai_config.json", json.dumps({**config, "tampered": True}).encode()
+        )
         assert repo.rollback("m") == "2"  # rolls back to the digest pinned when 2 was active, not to what is there now
         assert _wait(lambda: "could not switch to version 2" in caplog.text, 10)
         assert f"pins {pinned}" in caplog.text and f"has digest {found}" in caplog.text
@@ -96,7 +107,7 @@ def test_rollback_to_a_version_rewritten_while_inactive_is_refused_and_the_old_o
 def test_an_adapter_rewritten_after_it_was_added_is_refused_on_load_and_on_swap(serve_repo, tmp_path, caplog):
     from safetensors.torch import load_file, save_file
 
-    from enclave.client import Client
+    from enclave.grpc_client import Client
 
     repo = Repository(tmp_path / "repo")
     repo.add(serve_repo / "models" / "tiny" / "1", "m", "1")
@@ -121,7 +132,10 @@ def test_an_adapter_rewritten_after_it_was_added_is_refused_on_load_and_on_swap(
         with pytest.raises(grpc.RpcError) as e:  # and loading it by hand is refused too, naming the pin
             client.load_adapter("facts", model="m")
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert f"has digest {found}" in e.value.details() and str(repo.root / "adapter-pins" / "facts.json") in e.value.details()
+        assert (
+            f"has digest {found}" in e.value.details()
+            and str(repo.root / "adapter-pins" / "facts.json") in e.value.details()
+        )
     assert json.loads((repo.root / "adapter-pins" / "facts.json").read_text()) == {"adapter": "facts", "digest": pinned}
 
 
@@ -140,7 +154,11 @@ def test_active_json_of_the_old_format_is_read_unpinned_and_upgraded_on_the_next
     unpinned = [{"version": "2", "digest": None}, {"version": "1", "digest": None}]
     assert json.loads(state.read_text()) == {"active": "3", "digest": digest, "previous": unpinned}
     assert repo.rollback("m") == "2"  # pinned now, to what the operator rolled back to
-    assert json.loads(state.read_text()) == {"active": "2", "digest": digest, "previous": [{"version": "1", "digest": None}]}
+    assert json.loads(state.read_text()) == {
+        "active": "2",
+        "digest": digest,
+        "previous": [{"version": "1", "digest": None}],
+    }
 
 
 class FakeAsyncLLM:
@@ -171,9 +189,9 @@ def vllm_types(monkeypatch):
 
 
 def test_vllm_gets_its_own_request_ids_not_the_callers(tmp_path, vllm_types):
-    from serve.backends.base import Job, Sampling
     from serve.backends.vllm import Engine
     from serve.config import SchedulerSettings
+    from serve.job import Job, Sampling
     from serve.tokenizer import ServeTokenizer
     from tests.conftest import build_tokenizer
 

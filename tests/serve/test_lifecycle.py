@@ -13,9 +13,9 @@ import time
 import grpc
 import pytest
 
-from enclave.client import Client
+from enclave.grpc_client import Client
+from enclave.repository import Repository
 from enclave.v1 import inference_pb2 as pb
-from serve.repository import Repository
 from tests.serve.conftest import running, serve_config
 from tests.serve.test_generate import PROMPTS, _scrape
 
@@ -55,8 +55,10 @@ def slow_steps(monkeypatch):
 
 
 def test_cancel_frees_the_slot_and_deadline_is_honoured(serve_repo, slow_steps):
-    with running(_slow(serve_repo, limits__max_new_tokens=2000, limits__default_new_tokens=100)) as server, \
-            Client(f"127.0.0.1:{server.port}") as client:  # fmt: skip
+    with (
+        running(_slow(serve_repo, limits__max_new_tokens=2000, limits__default_new_tokens=100)) as server,
+        Client(f"127.0.0.1:{server.port}") as client,
+    ):
         stream = client.stream("The patient was given", max_tokens=100)
         next(stream), next(stream)
         assert _gauge(server, "enclave_num_requests_running", "tiny-onnx") == 1
@@ -94,7 +96,8 @@ def test_adapter_hot_load_mixed_batch_and_unload(server, client, serve_repo):
     tuned = [list(client.generate(p, model="tiny", adapter="facts", max_tokens=12).token_ids) for p in PROMPTS[:4]]
     assert tuned != base
     # The reference: transformers + PEFT on the same adapter, outside the server.
-    from enclave.generate import GenerateConfig, generate, load
+    from enclave.hf.generate import GenerateConfig, generate
+    from enclave.hf.loader import load
     from enclave.store import resolve_model
 
     lm, tok = load(resolve_model(str(serve_repo / "models" / "tiny" / "1")), str(serve_repo / "adapters" / "facts"))
@@ -103,7 +106,9 @@ def test_adapter_hot_load_mixed_batch_and_unload(server, client, serve_repo):
     # Base and adapter requests share decode steps and give what they give alone.
     jobs = [(p, a) for p in PROMPTS[:4] for a in ("", "facts")]
     with cf.ThreadPoolExecutor(len(jobs)) as pool:
-        mixed = list(pool.map(lambda j: list(client.generate(j[0], model="tiny", adapter=j[1], max_tokens=12).token_ids), jobs))
+        mixed = list(
+            pool.map(lambda j: list(client.generate(j[0], model="tiny", adapter=j[1], max_tokens=12).token_ids), jobs)
+        )
     assert mixed == [x for pair in zip(base, tuned) for x in pair]
     with pytest.raises(grpc.RpcError) as e:
         client.load_adapter("../etc", model="tiny")
@@ -140,9 +145,26 @@ def test_activate_and_rollback_while_serving(server, client, serve_repo):
 
 def test_sigterm_drains_in_flight_calls_and_exits_0(serve_repo, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "enclave", "serve", "--repo", str(serve_repo), "--port", "0", "--metrics-port", "0",
-                             "default_model=tiny", "grace_seconds=30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "serve",
+            "--repo",
+            str(serve_repo),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "default_model=tiny",
+            "grace_seconds=30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on" in line, proc.stderr.read()
@@ -224,17 +246,24 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(serve_repo,
         assert _wait(lambda: "could not switch to version 2" in caplog.text, 10)
         assert client.generate("hi", max_tokens=2).model_version == "1"
     (repo.models_dir / "m" / "1" / "genai_config.json").write_text("{}")
-    with pytest.raises(IntegrityError, match="failed verification"), running(serve_config(repo.root, default_model="m")):
+    with (
+        pytest.raises(IntegrityError, match="failed verification"),
+        running(serve_config(repo.root, default_model="m")),
+    ):
         pass
 
 
 def test_concurrent_calls_per_caller_are_limited(serve_repo, slow_steps):
-    cfg = serve_config(serve_repo, limits__max_streams_per_token=1, limits__max_new_tokens=2000, limits__default_new_tokens=100)
+    cfg = serve_config(
+        serve_repo, limits__max_streams_per_token=1, limits__max_new_tokens=2000, limits__default_new_tokens=100
+    )
     with running(cfg) as server, Client(f"127.0.0.1:{server.port}") as client:
         stream = client.stream("The patient was given", max_tokens=40)
         next(stream)
         with pytest.raises(grpc.RpcError) as e:
             client.generate("Blood", max_tokens=2)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limits.max_streams_per_token" in e.value.details()
+        assert (
+            e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limits.max_streams_per_token" in e.value.details()
+        )
         assert list(stream)[-1].finish_reason == pb.FINISH_REASON_LENGTH
         assert client.generate("Blood", max_tokens=2).usage.completion_tokens == 2  # the slot is back

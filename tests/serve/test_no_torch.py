@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from serve.repository import Repository
+from enclave.repository import Repository
 
 BLOCK = textwrap.dedent("""
     import sys, importlib.abc
@@ -26,7 +26,7 @@ def test_onnx_artifact_is_served_without_torch(serve_repo, tmp_path):
         import asyncio
         from serve.config import ServeConfig
         from serve.server import Server
-        from enclave.client import Client
+        from enclave.grpc_client import Client
 
         async def main():
             server = Server(ServeConfig(repo={str(repo.root)!r}, port=0, metrics_port=None))

@@ -11,7 +11,7 @@ from serve.backends import ort
 
 @pytest.fixture(scope="module")
 def model(serve_repo):
-    from serve.repository import Repository
+    from enclave.repository import Repository
 
     path = Repository(serve_repo).active("tiny-onnx").path
     return ort.Backend(path, threads=1)

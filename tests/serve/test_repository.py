@@ -8,7 +8,7 @@ import json
 import pytest
 
 from enclave.errors import EnclaveError
-from serve.repository import Repository
+from enclave.repository import Repository
 from serve.tokenizer import ServeTokenizer
 
 
@@ -20,8 +20,11 @@ def test_versions_activation_and_rollback(serve_repo, tmp_path):
     repo.add(art, "m", "3", activate=False)
     assert repo.active("m").version == "2"
     pinned = [{"version": "1", "digest": repo.active("m").manifest.digest}]  # the manifest digest of what was activated
-    assert json.loads((repo.models_dir / "m" / "active.json").read_text()) == {"active": "2", "digest": pinned[0]["digest"],
-                                                                                "previous": pinned}  # fmt: skip
+    assert json.loads((repo.models_dir / "m" / "active.json").read_text()) == {
+        "active": "2",
+        "digest": pinned[0]["digest"],
+        "previous": pinned,
+    }
     repo.activate("m", "3")
     assert repo.rollback("m") == "2" and repo.rollback("m") == "1"
     with pytest.raises(EnclaveError, match="no earlier active version"):
@@ -40,9 +43,14 @@ def test_chat_template_without_transformers_matches(serve_repo):
 
     root = serve_repo / "models" / "tiny" / "1"
     ours, theirs = ServeTokenizer(root), AutoTokenizer.from_pretrained(root)
-    messages = [{"role": "user", "content": "What does 'stat' mean?"}, {"role": "assistant", "content": "Immediately."},
-                {"role": "user", "content": "And 'prn'?"}]  # fmt: skip
-    expected = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    messages = [
+        {"role": "user", "content": "What does 'stat' mean?"},
+        {"role": "assistant", "content": "Immediately."},
+        {"role": "user", "content": "And 'prn'?"},
+    ]
+    expected = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert ours.apply_chat(messages) == list(expected)
     assert ours.encode("Habeas corpus") == theirs("Habeas corpus")["input_ids"]
     assert ours.eos_ids == {theirs.eos_token_id}
@@ -61,4 +69,7 @@ def test_shipped_serve_configs_validate(tmp_path):
     # The example's hashes are placeholders: the format is valid, and a server given it refuses to start.
     example = (root / "tokens.example.yaml").read_text().replace("0" * 64, "ab" * 32)
     (tmp_path / "tokens.yaml").write_text(example)
-    assert [(c.name, c.role) for _, c in Tokens(tmp_path / "tokens.yaml").entries] == [("ehr-gateway", "reader"), ("ops", "admin")]
+    assert [(c.name, c.role) for _, c in Tokens(tmp_path / "tokens.yaml").entries] == [
+        ("ehr-gateway", "reader"),
+        ("ops", "admin"),
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.backends.base import Sampling
+from serve.job import Sampling
 from serve.sampling import Sampler
 
 LOGITS = np.array([1.0, 3.0, 2.0, 0.5, -1.0])
@@ -17,11 +17,15 @@ def test_greedy_and_repetition_penalty():
 
 
 def test_top_k_and_top_p_restrict_the_draw():
-    draws = {Sampler(Sampling(max_tokens=1, temperature=5.0, top_k=2, seed=s))(LOGITS, np.array([])) for s in range(200)}
+    draws = {
+        Sampler(Sampling(max_tokens=1, temperature=5.0, top_k=2, seed=s))(LOGITS, np.array([])) for s in range(200)
+    }
     assert draws == {1, 2}
     probs = np.exp(LOGITS) / np.exp(LOGITS).sum()  # 0.63 (token 1), 0.23 (2): top_p 0.7 keeps two tokens
     assert probs[1] < 0.7 < probs[1] + probs[2]
-    draws = {Sampler(Sampling(max_tokens=1, temperature=1.0, top_p=0.7, seed=s))(LOGITS, np.array([])) for s in range(200)}
+    draws = {
+        Sampler(Sampling(max_tokens=1, temperature=1.0, top_p=0.7, seed=s))(LOGITS, np.array([])) for s in range(200)
+    }
     assert draws == {1, 2}
 
 
@@ -36,8 +40,8 @@ def test_seed_gives_the_same_sequence():
 def test_banned_tokens_are_never_drawn_and_min_tokens_bans_eos_until_reached():
     from types import SimpleNamespace
 
-    from serve.backends.base import Job
-    from serve.tracker import Tracker
+    from serve.engine.tracker import Tracker
+    from serve.job import Job
 
     assert Sampler(Sampling(max_tokens=1))(LOGITS, [], banned=(1,)) == 2
     draws = {Sampler(Sampling(max_tokens=1, temperature=5.0, seed=s))(LOGITS, [], banned=(1, 2)) for s in range(200)}

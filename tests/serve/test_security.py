@@ -3,16 +3,15 @@ prompt or completion text in logs."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 
 import grpc
 import pytest
 
-from enclave.client import Client
-from tests.serve.conftest import running, serve_config, status_of as _code
-
+from enclave.grpc_client import Client
+from tests.serve.conftest import running, serve_config
+from tests.serve.conftest import status_of as _code
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,11 @@ def tokens(tmp_path_factory):
     from serve.auth import add_token
 
     path = tmp_path_factory.mktemp("auth") / "tokens.yaml"
-    made = {"admin": add_token(path, "ops", "admin"), "reader": add_token(path, "ehr", "reader"),
-            "onnx_only": add_token(path, "lab", "reader", ["tiny-onnx"])}  # fmt: skip
+    made = {
+        "admin": add_token(path, "ops", "admin"),
+        "reader": add_token(path, "ehr", "reader"),
+        "onnx_only": add_token(path, "lab", "reader", ["tiny-onnx"]),
+    }
     return path, made
 
 
@@ -72,7 +74,9 @@ def test_tokens_roles_and_audit(secured, tokens, caplog):
     assert any(x.get("status") == "UNAUTHENTICATED" for x in lines)  # refused calls are audited too
     assert any(x.get("admin") == "LoadAdapter" and x.get("status") is None for x in lines)
     denied = [x for x in lines if x.get("admin") == "LoadAdapter" and x.get("status") == "PERMISSION_DENIED"]
-    assert len(denied) == 1 and denied[0]["token"].startswith("sha256:")  # a reader's attempt at an admin rpc is on record
+    assert len(denied) == 1 and denied[0]["token"].startswith(
+        "sha256:"
+    )  # a reader's attempt at an admin rpc is on record
 
 
 def _certs(tmp):
@@ -94,8 +98,13 @@ def test_tls_and_mutual_tls(serve_repo, tmp_path):
             assert secure.generate("hi", max_tokens=3).usage.completion_tokens == 3
         with Client(target, timeout=5) as plain:
             assert _code(lambda: plain.models())[0] == grpc.StatusCode.UNAVAILABLE
-    mtls = serve_config(serve_repo, tls__cert=str(c / "server.pem"), tls__key=str(c / "server.key"), tls__client_ca=str(c / "ca.pem"),
-                        health_port=0)  # fmt: skip
+    mtls = serve_config(
+        serve_repo,
+        tls__cert=str(c / "server.pem"),
+        tls__key=str(c / "server.key"),
+        tls__client_ca=str(c / "ca.pem"),
+        health_port=0,
+    )
     with running(mtls) as server:
         target = f"localhost:{server.port}"
         with Client(target, ca=str(c / "ca.pem"), cert=str(c / "client.pem"), key=str(c / "client.key")) as ok:
@@ -115,7 +124,9 @@ def test_tls_settings_errors(serve_repo, tmp_path):
     with pytest.raises(EnclaveError, match="cert and key go together"):
         ReloadingCredentials(serve_config(serve_repo, tls__cert="x.pem"))
     with pytest.raises(EnclaveError, match="tls.cert: cannot read"):
-        ReloadingCredentials(serve_config(serve_repo, tls__cert=str(tmp_path / "missing.pem"), tls__key=str(tmp_path / "k")))
+        ReloadingCredentials(
+            serve_config(serve_repo, tls__cert=str(tmp_path / "missing.pem"), tls__key=str(tmp_path / "k"))
+        )
     a, b = _certs(tmp_path / "a"), _certs(tmp_path / "b")
     with pytest.raises(EnclaveError, match="tls.key: does not belong to tls.cert") as e:
         ReloadingCredentials(serve_config(serve_repo, tls__cert=str(a / "server.pem"), tls__key=str(b / "server.key")))

@@ -1,13 +1,14 @@
 import pytest
 
+from enclave.config import load_config
 from enclave.errors import EnclaveError
-from enclave.generate import GenerateConfig, generate, load
-from enclave.importer import import_model
+from enclave.hf.generate import GenerateConfig, generate
+from enclave.hf.loader import load
 from enclave.manifest import read_manifest
 from enclave.store import resolve_model
+from enclave.store.importer import import_model
 from tests.conftest import build_tiny_checkpoint
 from tests.tune.conftest import tiny_overrides
-from enclave.config import load_config
 from tune.config import TuneConfig
 from tune.run import run
 

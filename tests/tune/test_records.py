@@ -6,19 +6,36 @@ from tune.data.records import DataError, load_records
 
 
 def test_instruction_chat_and_csv_forms(tmp_path):
-    write_jsonl(tmp_path / "a.jsonl", [
-        {"instruction": "Expand", "input": "bid", "output": "twice a day", "group": "clinical"},
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "tort?"},
-                      {"role": "assistant", "content": "a civil wrong"}], "split": "test"},
-    ])  # fmt: skip
+    write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Expand", "input": "bid", "output": "twice a day", "group": "clinical"},
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "tort?"},
+                    {"role": "assistant", "content": "a civil wrong"},
+                ],
+                "split": "test",
+            },
+        ],
+    )
     (tmp_path / "b.csv").write_text("question,answer,team\nWhat is bail?,money for release,legal\n", encoding="utf-8")
     records = load_records(str(tmp_path), {"instruction": "question", "output": "answer", "group": "team"})
     assert [r.messages for r in records] == [
         [{"role": "user", "content": "Expand\n\nbid"}, {"role": "assistant", "content": "twice a day"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "tort?"}, {"role": "assistant", "content": "a civil wrong"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "tort?"},
+            {"role": "assistant", "content": "a civil wrong"},
+        ],
         [{"role": "user", "content": "What is bail?"}, {"role": "assistant", "content": "money for release"}],
     ]
-    assert [(r.group, r.split, r.source) for r in records] == [("clinical", None, "a.jsonl:1"), (None, "test", "a.jsonl:2"), ("legal", None, "b.csv:2")]
+    assert [(r.group, r.split, r.source) for r in records] == [
+        ("clinical", None, "a.jsonl:1"),
+        (None, "test", "a.jsonl:2"),
+        ("legal", None, "b.csv:2"),
+    ]
 
 
 def test_every_bad_record_is_reported(tmp_path):
@@ -27,12 +44,12 @@ def test_every_bad_record_is_reported(tmp_path):
         b'{"instruction": "ok", "output": "fine"}\n'
         b'{"instruction": "no output"}\n'
         b'{"instruction": 3, "output": "x"}\n'
-        b'not json\n'
+        b"not json\n"
         b'{"instruction": "caf\xe9", "output": "x"}\n'
         b'{"messages": [{"role": "user", "content": "hi"}]}\n'
         b'{"prompt": "x", "completion": "y"}\n'
         b'{"instruction": "a", "output": "b", "split": "dev"}\n'
-        b'[1, 2]\n'
+        b"[1, 2]\n"
     )
     with pytest.raises(DataError) as info:
         load_records(str(path))
@@ -64,7 +81,11 @@ def test_csv_missing_column_lists_header(tmp_path):
 def test_builtin_demo_set_is_valid():
     records = load_records("builtin:clinical_legal")
     assert len(records) == 680
-    assert {r.group for r in records} == {"clinical", "legal"} and {r.split for r in records} == {"train", "validation", "test"}
+    assert {r.group for r in records} == {"clinical", "legal"} and {r.split for r in records} == {
+        "train",
+        "validation",
+        "test",
+    }
     with pytest.raises(EnclaveError, match="built-in: clinical_legal"):
         load_records("builtin:nope")
 
@@ -81,8 +102,10 @@ def test_tune_splits_as_the_shared_layer_does(tmp_path):
     assert DataConfig().split_ratios == DEFAULT_SPLIT_RATIOS
     words = ["bail", "tort", "writ"] * 60
     rows = [{"instruction": f"Question {i} about {w}?", "output": f"Answer {i}."} for i, w in enumerate(words)]
-    rows += [{"instruction": f"Named {i}: what is {w}?", "output": "x", "split": s} for i, (w, s) in enumerate(
-        [("stat", "test"), ("prn", "train"), ("qhs", "validation")] * 5)]  # fmt: skip
+    rows += [
+        {"instruction": f"Named {i}: what is {w}?", "output": "x", "split": s}
+        for i, (w, s) in enumerate([("stat", "test"), ("prn", "train"), ("qhs", "validation")] * 5)
+    ]
     write_jsonl(tmp_path / "d.jsonl", rows)
     splits, stats = clean(load_records(str(tmp_path / "d.jsonl")), DEFAULT_SPLIT_RATIOS, 0.8)
     assert stats.near_duplicates == stats.leakage == 0  # else tune drops records the shared layer keeps

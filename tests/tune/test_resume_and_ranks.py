@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 def enclave(*args, home, **kw):
     env = {**os.environ, "ENCLAVE_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def finish(proc) -> str:
@@ -34,7 +36,15 @@ def weights(home, name):
 def test_resume_after_kill_9_ends_with_the_same_adapter(enclave_home, tiny_checkpoint, facts_file):
     # Dropout on, so the restored RNG state matters too.
     extra = {"train.max_steps": 120, "train.checkpoint_every": 5, "train.eval_every": 10, "lora.dropout": 0.1}
-    finish(enclave("-m", "enclave", "tune", *tiny_overrides(tiny_checkpoint, facts_file, name="straight", **extra), home=enclave_home))
+    finish(
+        enclave(
+            "-m",
+            "enclave",
+            "tune",
+            *tiny_overrides(tiny_checkpoint, facts_file, name="straight", **extra),
+            home=enclave_home,
+        )
+    )
 
     args = ["-m", "enclave", "tune", *tiny_overrides(tiny_checkpoint, facts_file, name="killed", **extra)]
     proc = enclave(*args, home=enclave_home)
@@ -57,9 +67,28 @@ def test_resume_after_kill_9_ends_with_the_same_adapter(enclave_home, tiny_check
 
 def test_two_ranks_equal_one_rank_with_the_same_global_batch(enclave_home, tiny_checkpoint, facts_file):
     extra = {"train.max_steps": 8, "lora.dropout": 0.0, "train.batch_size": 8}
-    finish(enclave("-m", "enclave", "tune", *tiny_overrides(tiny_checkpoint, facts_file, name="one", **extra), home=enclave_home))
-    out = finish(enclave("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "enclave", "tune",
-                         *tiny_overrides(tiny_checkpoint, facts_file, name="two", **extra), home=enclave_home))  # fmt: skip
+    finish(
+        enclave(
+            "-m",
+            "enclave",
+            "tune",
+            *tiny_overrides(tiny_checkpoint, facts_file, name="one", **extra),
+            home=enclave_home,
+        )
+    )
+    out = finish(
+        enclave(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "enclave",
+            "tune",
+            *tiny_overrides(tiny_checkpoint, facts_file, name="two", **extra),
+            home=enclave_home,
+        )
+    )
     assert "(2 rank(s))" in out
     a, b = weights(enclave_home, "one"), weights(enclave_home, "two")
     assert a.keys() == b.keys()

@@ -16,9 +16,11 @@ def tok():
 def test_loss_only_on_answer_and_end_of_turn(tok):
     r = Record([{"role": "user", "content": "bid?"}, {"role": "assistant", "content": "twice a day"}], "x:1")
     ex = encode(tok, r, system="Be brief.")
-    prompt = tok.decode([t for t, l in zip(ex.input_ids, ex.labels) if l == IGNORE])
-    answer = tok.decode([l for l in ex.labels if l != IGNORE])
-    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nbid?<|im_end|>\n<|im_start|>assistant\n"
+    prompt = tok.decode([t for t, label in zip(ex.input_ids, ex.labels) if label == IGNORE])
+    answer = tok.decode([label for label in ex.labels if label != IGNORE])
+    assert (
+        prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nbid?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert answer == "twice a day<|im_end|>"
 
 

@@ -31,10 +31,20 @@ def test_run_writes_a_verified_adapter_that_peft_loads(enclave_home, tiny_checkp
     manifest, problems = verify(out)
     assert problems == [] and manifest.kind == "adapter"
     names = {f.path for f in manifest.files}
-    assert {"adapter_config.json", "adapter_model.safetensors", "loss_curve.png", "eval_report.md", "training_log.jsonl", "data_report.json"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "loss_curve.png",
+        "eval_report.md",
+        "training_log.jsonl",
+        "data_report.json",
+    } <= names
     assert manifest.settings["data_digest"].startswith("sha256:") and manifest.settings["config"]["lora"]["r"] == 4
     m = manifest.metrics
-    assert m["steps"] == 6 and m["final_train_loss"] < json.loads((out / "training_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert (
+        m["steps"] == 6
+        and m["final_train_loss"] < json.loads((out / "training_log.jsonl").read_text().splitlines()[0])["loss"]
+    )
     assert set(m["eval_adapter"]["metrics"]) >= {"perplexity", "exact_match", "token_f1", "bleu", "rouge_l"}
     assert set(m["eval_adapter"]["per_group"]) == {"clinical", "legal"} and "eval_base" in m
     # PEFT loads the directory unchanged.
@@ -57,7 +67,9 @@ def _perplexity_of(model, tokenizer_dir, text: str) -> float:
     return text_perplexity(TorchLM(model.eval()), ids, max_tokens=2048)
 
 
-def test_forgetting_is_measured_on_general_text_and_warned_about(enclave_home, tiny_checkpoint, facts_file, tmp_path, caplog):
+def test_forgetting_is_measured_on_general_text_and_warned_about(
+    enclave_home, tiny_checkpoint, facts_file, tmp_path, caplog
+):
     """A base that knows some "general" text (fully tuned on it first) is tuned on the facts with a
     high learning rate: its perplexity on that text, measured before and after as compress measures
     it, goes up past the threshold, and the report and the manifest say so."""
@@ -67,17 +79,31 @@ def test_forgetting_is_measured_on_general_text_and_warned_about(enclave_home, t
     line = "0817 QZXJ 5293 KVWY 6640"
     general = tmp_path / "general.txt"
     general.write_text(" ".join([line] * 40))
-    rows = [{"instruction": f"Recite {i}.", "output": line, "split": split} for i in range(12) for split in ("train", "validation", "test")]
-    knows = run(recipe(tiny_checkpoint, write_jsonl(tmp_path / "general.jsonl", rows), name="general", **{
-        "lora.method": "full", "train.lr": 0.01, "train.max_steps": 20, "eval.general_text": "null"}))  # fmt: skip
+    rows = [
+        {"instruction": f"Recite {i}.", "output": line, "split": split}
+        for i in range(12)
+        for split in ("train", "validation", "test")
+    ]
+    knows = run(
+        recipe(
+            tiny_checkpoint,
+            write_jsonl(tmp_path / "general.jsonl", rows),
+            name="general",
+            **{"lora.method": "full", "train.lr": 0.01, "train.max_steps": 20, "eval.general_text": "null"},
+        )
+    )
     assert "forgetting" not in read_manifest(knows).metrics  # eval.general_text: null skips the check
 
-    out = run(recipe(knows, facts_file, **{"eval.compare_base": "true", "train.lr": 0.05, "eval.general_text": str(general)}))
+    out = run(
+        recipe(knows, facts_file, **{"eval.compare_base": "true", "train.lr": 0.05, "eval.general_text": str(general)})
+    )
     m = read_manifest(out).metrics
     forgetting = m["forgetting"]
     assert forgetting["text"] == str(general) and forgetting["threshold"] == 1.25
     text = general.read_text()
-    assert forgetting["before"] == pytest.approx(_perplexity_of(AutoModelForCausalLM.from_pretrained(knows), knows, text), rel=1e-5)
+    assert forgetting["before"] == pytest.approx(
+        _perplexity_of(AutoModelForCausalLM.from_pretrained(knows), knows, text), rel=1e-5
+    )
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(knows), out)
     assert forgetting["after"] == pytest.approx(_perplexity_of(tuned, knows, text), rel=1e-4)
     assert forgetting["ratio"] > 3  # measured: 31.5 -> 282
@@ -85,28 +111,46 @@ def test_forgetting_is_measured_on_general_text_and_warned_about(enclave_home, t
     assert m["eval_adapter"]["metrics"]["general_perplexity"] == forgetting["after"]
     assert any(f"general-text perplexity ({general}) went from" in w for w in m["eval_adapter"]["warnings"])
     assert "general-text perplexity" in caplog.text and "| general_perplexity |" in (out / "eval_report.md").read_text()
-    with pytest.raises(ConfigError, match=r"eval.general_text: .*'builtin:nope' is not a text file or a shipped text \(builtin: heldout_apache2, legal_texts, psf_license\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"eval.general_text: .*'builtin:nope' is not a text file or a shipped text "
+        r"\(builtin: heldout_apache2, legal_texts, psf_license\)",
+    ):
         recipe(tiny_checkpoint, facts_file, **{"eval.general_text": "builtin:nope"})
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])
 def test_every_optimizer_lowers_the_loss(enclave_home, tiny_checkpoint, facts_file, optimizer):
     lr = {"adamw": 0.01, "sgd": 0.5, "rmsprop": 0.002}[optimizer]
-    out = run(recipe(tiny_checkpoint, facts_file, **{"train.optimizer": optimizer, "train.lr": lr, "train.max_steps": 8}))
+    out = run(
+        recipe(tiny_checkpoint, facts_file, **{"train.optimizer": optimizer, "train.lr": lr, "train.max_steps": 8})
+    )
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in log[-3:]) < sum(r["loss"] for r in log[:3])
 
 
 def test_grad_accumulation_gives_the_same_update(enclave_home, tiny_checkpoint, facts_file):
     a = adapter_weights(run(recipe(tiny_checkpoint, facts_file, name="one", **{"lora.dropout": 0.0})))
-    b = adapter_weights(run(recipe(tiny_checkpoint, facts_file, name="two", **{"lora.dropout": 0.0, "train.grad_accum": 4})))
+    b = adapter_weights(
+        run(recipe(tiny_checkpoint, facts_file, name="two", **{"lora.dropout": 0.0, "train.grad_accum": 4}))
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
 def test_early_stopping_keeps_the_best_adapter(enclave_home, tiny_checkpoint, facts_file):
     # A huge learning rate makes validation loss worse after the first evaluation.
-    cfg = recipe(tiny_checkpoint, facts_file, **{"train.lr": 3.0, "train.max_steps": 40, "train.eval_every": 1, "train.patience": 2, "train.max_grad_norm": "null"})
+    cfg = recipe(
+        tiny_checkpoint,
+        facts_file,
+        **{
+            "train.lr": 3.0,
+            "train.max_steps": 40,
+            "train.eval_every": 1,
+            "train.patience": 2,
+            "train.max_grad_norm": "null",
+        },
+    )
     m = read_manifest(run(cfg)).metrics
     assert m["stopped_early"] and m["steps"] < 40
     assert m["steps"] == m["best_step"] + 2
@@ -142,7 +186,11 @@ def test_bad_settings_are_refused_before_training(enclave_home, tiny_checkpoint,
     ]
     with pytest.raises(ConfigError, match="batch_size 6 must be a multiple of grad_accum 4"):
         recipe(tiny_checkpoint, facts_file, **{"train.batch_size": 6, "train.grad_accum": 4})
-    with pytest.raises(EnclaveError, match=r"lora.target_modules: qkv not found.*(?s:.*)down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"):
+    with pytest.raises(
+        EnclaveError,
+        match=r"lora.target_modules: qkv not found.*(?s:.*)"
+        r"down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+    ):
         run(recipe(tiny_checkpoint, facts_file, **{"lora.target_modules": "[q_proj, qkv]"}))
     with pytest.raises(EnclaveError, match="data.max_length 4096 is beyond the model's context length 128"):
         run(recipe(tiny_checkpoint, facts_file, **{"data.max_length": 4096}))
@@ -179,7 +227,10 @@ def test_answer_only_output_layer_gives_the_full_models_loss_and_gradients(tiny_
     from tune.train import loop
 
     torch.manual_seed(0)
-    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = peft.get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint),
+        peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     ids = torch.randint(3, 100, (3, 12))
     labels = ids.clone()
     labels[:, :5], labels[1, :8], labels[2, 10:] = -100, -100, -100  # prompts of different lengths, one padded row

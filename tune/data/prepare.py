@@ -38,15 +38,19 @@ class PreparedData:
         return {
             "digest": self.digest,
             "loaded": s.loaded,
-            "dropped": {k: getattr(s, k) for k in ("empty", "exact_duplicates", "near_duplicates", "leakage", "too_long")},
+            "dropped": {
+                k: getattr(s, k) for k in ("empty", "exact_duplicates", "near_duplicates", "leakage", "too_long")
+            },
             "dropped_examples": s.examples,
             "splits": {k: len(v) for k, v in self.examples.items()},
             "groups": group_counts({k: [r for r in v] for k, v in self.records.items()}),
             "tokens": {
-                "min": int(min(lengths)) if lengths else 0, "median": float(np.median(lengths)) if lengths else 0,
-                "max": int(max(lengths)) if lengths else 0, "total": int(sum(lengths)),
+                "min": int(min(lengths)) if lengths else 0,
+                "median": float(np.median(lengths)) if lengths else 0,
+                "max": int(max(lengths)) if lengths else 0,
+                "total": int(sum(lengths)),
                 "histogram": {"counts": [int(c) for c in hist], "edges": [round(float(e), 1) for e in edges]},
-            },  # fmt: skip
+            },
         }
 
 

@@ -19,7 +19,9 @@ def print_report(report: dict, title: str = "Data report") -> None:
         t.add_row(f"dropped: {reason.replace('_', ' ')}", f"{n}" + (f"  (e.g. {where})" if n else ""))
     t.add_row("kept per split", ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
     tok = report["tokens"]
-    t.add_row("tokens per example", f"min {tok['min']}, median {tok['median']:.0f}, max {tok['max']}, total {tok['total']:,}")
+    t.add_row(
+        "tokens per example", f"min {tok['min']}, median {tok['median']:.0f}, max {tok['max']}, total {tok['total']:,}"
+    )
     for split, groups in report["groups"].items():
         if groups:
             t.add_row(f"groups in {split}", ", ".join(f"{g} {n}" for g, n in sorted(groups.items())))

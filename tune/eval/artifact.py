@@ -26,7 +26,9 @@ def load_for_eval(ref: str, adapter: str | None = None):
     manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
     if manifest is not None and manifest.kind == "onnx":
         if adapter is not None:
-            raise EnclaveError(f"--adapter with the ONNX artifact {path}", fix="evaluate the ONNX export of the merged model instead")
+            raise EnclaveError(
+                f"--adapter with the ONNX artifact {path}", fix="evaluate the ONNX export of the merged model instead"
+            )
         from transformers import AutoTokenizer
 
         from enclave.evaluation.lm import OnnxLM
@@ -38,7 +40,7 @@ def load_for_eval(ref: str, adapter: str | None = None):
     resolved, model, tokenizer = load_base(ref)
     if adapter is None:
         return model, tokenizer, resolved.path.name, resolved.path if resolved.manifest else None
-    from enclave.generate import with_adapter
+    from enclave.hf.loader import with_adapter
 
     adapter_dir = Path(adapter).expanduser()
     model = with_adapter(model, resolved, adapter_dir)

@@ -7,7 +7,17 @@ from rich.table import Table
 from enclave.ui import console
 from tune.eval.run import EvalResult
 
-ORDER = ["perplexity", "general_perplexity", "text_perplexity", "exact_match", "token_f1", "bleu", "rouge_l", "accuracy", "macro_f1"]
+ORDER = [
+    "perplexity",
+    "general_perplexity",
+    "text_perplexity",
+    "exact_match",
+    "token_f1",
+    "bleu",
+    "rouge_l",
+    "accuracy",
+    "macro_f1",
+]
 
 
 def _metrics(results: list[EvalResult]) -> list[str]:
@@ -36,13 +46,26 @@ def print_side_by_side(results: list[EvalResult], title: str = "Evaluation on th
 def markdown(results: list[EvalResult], header: str) -> str:
     """A Markdown report: overall side by side, then per group and the largest group gaps."""
     metrics = _metrics(results)
-    lines = [f"# {header}", "", "| metric | " + " | ".join(r.label for r in results) + " |", "|---|" + "---:|" * len(results)]
-    lines += [f"| {m} | " + " | ".join(f"{r.metrics.get(m, float('nan')):.2f}" for r in results) + " |" for m in metrics]
+    lines = [
+        f"# {header}",
+        "",
+        "| metric | " + " | ".join(r.label for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    lines += [
+        f"| {m} | " + " | ".join(f"{r.metrics.get(m, float('nan')):.2f}" for r in results) + " |" for m in metrics
+    ]
     for r in results:
         if not r.per_group:
             continue
         groups = sorted(r.per_group)
-        lines += ["", f"## {r.label}: by group", "", "| metric | " + " | ".join(groups) + " | largest gap |", "|---|" + "---:|" * (len(groups) + 1)]
+        lines += [
+            "",
+            f"## {r.label}: by group",
+            "",
+            "| metric | " + " | ".join(groups) + " | largest gap |",
+            "|---|" + "---:|" * (len(groups) + 1),
+        ]
         for m in [m for m in metrics if m in r.per_group[groups[0]]]:
             gap = r.gaps.get(m, {}).get("gap", 0.0)
             lines.append(f"| {m} | " + " | ".join(f"{r.per_group[g][m]:.2f}" for g in groups) + f" | {gap:.2f} |")

@@ -31,12 +31,31 @@ def items(tokenizer, records: list[Record], examples: list[Example], system: str
     return out
 
 
-def evaluate(model, tokenizer, records: list[Record], examples: list[Example], label: str, system: str | None,
-             max_new_tokens: int, batch_size: int, gap_threshold: float, progress=None) -> EvalResult:  # fmt: skip
+def evaluate(
+    model,
+    tokenizer,
+    records: list[Record],
+    examples: list[Example],
+    label: str,
+    system: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    gap_threshold: float,
+    progress=None,
+) -> EvalResult:
     """Perplexity on the reference answers plus answer metrics, overall and per group."""
     lm = as_lm(model, tokenizer, batch_size)
-    return evaluate_items(lm, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), items(tokenizer, records, examples, system),
-                          label, max_new_tokens, {tokenizer.eos_token_id}, gap_threshold, progress, batch_size)  # fmt: skip
+    return evaluate_items(
+        lm,
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        items(tokenizer, records, examples, system),
+        label,
+        max_new_tokens,
+        {tokenizer.eos_token_id},
+        gap_threshold,
+        progress,
+        batch_size,
+    )
 
 
 def text_perplexity(model, tokenizer, text: str, window: int = 512, max_tokens: int | None = None) -> float:

@@ -18,7 +18,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     order = rng.permutation(len(lengths))
     if group_by_length:
         window = MEGABATCH * batch_size
-        order = np.concatenate([sorted(order[i : i + window], key=lambda j: -lengths[j]) for i in range(0, len(order), window)])
+        order = np.concatenate(
+            [sorted(order[i : i + window], key=lambda j: -lengths[j]) for i in range(0, len(order), window)]
+        )
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -29,7 +29,16 @@ def load_weights(params: dict[str, torch.nn.Parameter], path: Path) -> None:
             p.copy_(weights[name])
 
 
-def save(run_dir: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer, scheduler, state: dict, keep: int, rank: int = 0) -> None:
+def save(
+    run_dir: Path,
+    step: int,
+    params: dict[str, torch.nn.Parameter],
+    optimizer,
+    scheduler,
+    state: dict,
+    keep: int,
+    rank: int = 0,
+) -> None:
     """Write ``checkpoints/step-N``; rank 0 writes weights and state, every rank its RNG."""
     final = run_dir / "checkpoints" / f"step-{step:07d}"
     if rank == 0:
@@ -57,7 +66,9 @@ def _prune(root: Path, keep: int) -> None:
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
-    done = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if TMP_MARK not in p.name and (p / "state.json").is_file())
+    done = sorted(
+        p for p in (run_dir / "checkpoints").glob("step-*") if TMP_MARK not in p.name and (p / "state.json").is_file()
+    )
     return done[-1] if done else None
 
 

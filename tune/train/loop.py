@@ -54,29 +54,46 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = labels[:, 1:]
     where = targets != -100  # (B, T-1): position t predicts label t+1
     if _plain_head(model):
-        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         logits = model.get_output_embeddings()(hidden[:, :-1][where])  # (answer tokens, V)
         return torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
     width = labels.size(1)
     answer = (labels != -100).any(dim=0).nonzero()
     first = int(answer[0]) if len(answer) else width - 1
     keep = width - first + 1  # positions first-1 .. width-1 predict labels first .. width
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits  # (B, keep, V)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits  # (B, keep, V)
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, width - keep + 1 :].reshape(-1), ignore_index=-100, reduction="sum"
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        labels[:, width - keep + 1 :].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
     )
 
 
 def _plain_head(model) -> bool:
     """Whether logits = output layer(decoder's last hidden state), nothing else."""
     cfg = model.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) or getattr(cfg, "logits_scaling", None):
+    if (
+        getattr(cfg, "final_logit_softcapping", None)
+        or getattr(cfg, "logit_scale", None)
+        or getattr(cfg, "logits_scaling", None)
+    ):
         return False
-    return getattr(model, "get_decoder", None) is not None and model.get_decoder() is not None and model.get_output_embeddings() is not None
+    return (
+        getattr(model, "get_decoder", None) is not None
+        and model.get_decoder() is not None
+        and model.get_output_embeddings() is not None
+    )
 
 
 @torch.no_grad()
-def validation_loss(model, examples: list[Example], pad_id: int, ranks: distributed.Ranks, batch_size: int = 16) -> float:
+def validation_loss(
+    model, examples: list[Example], pad_id: int, ranks: distributed.Ranks, batch_size: int = 16
+) -> float:
     """Mean answer-token loss over the validation split, shared out over ranks."""
     model.eval()
     mine = examples[ranks.rank :: ranks.world]
@@ -90,8 +107,17 @@ def validation_loss(model, examples: list[Example], pad_id: int, ranks: distribu
     return total / max(count, 1.0)
 
 
-def train(model, train_set: list[Example], val_set: list[Example], pad_id: int, cfg: TrainSettings,
-          run_dir: Path, ranks: distributed.Ranks, resume: bool = False, on_step=None) -> TrainResult:  # fmt: skip
+def train(
+    model,
+    train_set: list[Example],
+    val_set: list[Example],
+    pad_id: int,
+    cfg: TrainSettings,
+    run_dir: Path,
+    ranks: distributed.Ranks,
+    resume: bool = False,
+    on_step=None,
+) -> TrainResult:
     """Train the adapter; return the result with the best adapter loaded into ``model``.
 
     Args:
@@ -111,7 +137,18 @@ def train(model, train_set: list[Example], val_set: list[Example], pad_id: int, 
     optimizer = build_optimizer(list(params.values()), cfg)
     steps = total_steps(len(train_set), cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    state = {"step": 0, "epoch": 0, "batch": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "history": [], "evals": [], "tokens": 0, "seconds": 0.0}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "best_val": math.inf,
+        "best_step": 0,
+        "bad_evals": 0,
+        "history": [],
+        "evals": [],
+        "tokens": 0,
+        "seconds": 0.0,
+    }
     ckpt = checkpoint.latest(run_dir) if resume else None
     if ckpt is not None:
         state = checkpoint.load(ckpt, params, optimizer, scheduler, ranks.rank)
@@ -129,14 +166,22 @@ def train(model, train_set: list[Example], val_set: list[Example], pad_id: int, 
             state["batch"] = b + 1
             state["tokens"] += tokens
             state["seconds"] += time.perf_counter() - started
-            row = {"step": state["step"], "epoch": state["epoch"], "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens": state["tokens"]}
+            row = {
+                "step": state["step"],
+                "epoch": state["epoch"],
+                "loss": loss,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens": state["tokens"],
+            }
             state["history"].append(row)
             if state["step"] % cfg.eval_every == 0 or state["step"] == steps:
                 stop = _evaluate(model, val_set, pad_id, cfg, state, params, run_dir, ranks)
             if on_step:
                 on_step(row, state)
             if state["step"] % cfg.checkpoint_every == 0 or state["step"] == steps or stop:
-                checkpoint.save(run_dir, state["step"], params, optimizer, scheduler, state, cfg.keep_checkpoints, ranks.rank)
+                checkpoint.save(
+                    run_dir, state["step"], params, optimizer, scheduler, state, cfg.keep_checkpoints, ranks.rank
+                )
             if stop or state["step"] >= steps:
                 break
         else:
@@ -144,9 +189,15 @@ def train(model, train_set: list[Example], val_set: list[Example], pad_id: int, 
             state["batch"] = 0
     _load_best(run_dir, params, state)
     return TrainResult(
-        state["step"], state["best_step"], state["best_val"], stop, state["history"], state["evals"],
-        state["tokens"] / max(state["seconds"], 1e-9), state["seconds"],
-    )  # fmt: skip
+        state["step"],
+        state["best_step"],
+        state["best_val"],
+        stop,
+        state["history"],
+        state["evals"],
+        state["tokens"] / max(state["seconds"], 1e-9),
+        state["seconds"],
+    )
 
 
 def _step(model, data, batch, params, optimizer, scheduler, pad_id, cfg, ranks) -> tuple[float, int]:

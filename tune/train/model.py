@@ -16,7 +16,7 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 def load_base(ref: str):
     """Resolve (hash-verified) and load a base model in fp32 with its tokenizer."""
-    from enclave.generate import load
+    from enclave.hf.loader import load
 
     resolved = resolve_model(ref)
     model, tokenizer = load(resolved)
@@ -27,7 +27,9 @@ def load_base(ref: str):
 
 def linear_names(model) -> list[str]:
     """The distinct last names of the model's Linear and Embedding modules (what LoRA can target)."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))})
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    )
 
 
 def apply_adapter(model, cfg: LoraSettings):
@@ -50,9 +52,14 @@ def apply_adapter(model, cfg: LoraSettings):
         return model
     peft = require("peft", "tune")
     peft_cfg = peft.LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
-        modules_to_save=list(cfg.modules_to_save) or None, task_type="CAUSAL_LM", bias="none",
-    )  # fmt: skip
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        modules_to_save=list(cfg.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     return peft.get_peft_model(model, peft_cfg)
 
 
@@ -77,7 +84,10 @@ def stage_layers(stage: UnfreezeStage, n_layers: int) -> set[int]:
         a, b = map(int, spec.split("-"))
         if a <= b < n_layers:
             return set(range(a, b + 1))
-    raise EnclaveError(f"train.unfreeze: layers {spec!r} is not valid for a {n_layers}-layer model", fix="use all, top:N or a-b (0-based, inclusive)")
+    raise EnclaveError(
+        f"train.unfreeze: layers {spec!r} is not valid for a {n_layers}-layer model",
+        fix="use all, top:N or a-b (0-based, inclusive)",
+    )
 
 
 def stage_at(stages: list[UnfreezeStage], step: int) -> UnfreezeStage | None:

@@ -28,4 +28,6 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
 
 
 def build_scheduler(optimizer, cfg: TrainSettings, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.scheduler))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.scheduler)
+    )

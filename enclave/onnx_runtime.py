@@ -19,6 +19,7 @@ MODEL_FILE = "model.onnx"
 
 
 def genai_config(root: Path) -> dict:
+    """The artifact's ``genai_config.json`` (onnxruntime-genai's model and decoder settings) as a dict."""
     return json.loads((root / "genai_config.json").read_text())
 
 
@@ -67,7 +68,9 @@ class Generator:
     def greedy(self, ids: list[int], new_tokens: int, stop_at_eos: bool = True) -> tuple[list[int], float, float]:
         """(new token ids, seconds to the first new token, seconds for the rest)."""
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens, min_length=0 if stop_at_eos else len(ids) + new_tokens)
+        params.set_search_options(
+            do_sample=False, max_length=len(ids) + new_tokens, min_length=0 if stop_at_eos else len(ids) + new_tokens
+        )
         started = time.perf_counter()
         gen = self.og.Generator(self.model, params)
         gen.append_tokens([ids])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from serve.backends.base import Event, Job
+from serve.job import Event, Job
 from serve.textstream import TextStream
 
 

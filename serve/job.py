@@ -1,5 +1,8 @@
-"""What the backends share: a request inside the server (Job), what it produces (Event), and the
-interface a step-by-step model offers the continuous-batching engine (StepModel, Batch).
+"""The server's core types: a request's checked decoding settings (Sampling), the job an engine
+runs for it (Job), and what the job produces (Event).
+
+Admission (``serve.admission``) makes the ``Job`` from a checked request; engines
+(``serve.engine``) and backends (``serve.backends``) see only ``Job``, ``Sampling`` and ``Event``.
 """
 
 from __future__ import annotations
@@ -7,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -87,35 +87,3 @@ class Outbox:
 def _deliver(batch: list) -> None:
     for queue, event in batch:
         queue.put_nowait(event)
-
-
-class Batch(Protocol):
-    """The KV caches of the sequences being decoded together, one row each."""
-
-    def add(self, row: Any) -> None:
-        """Append a prefilled sequence as the last row."""
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows, in this order (finished and cancelled ones leave)."""
-
-    def step(self, tokens: list[int]) -> np.ndarray:
-        """Feed one token per row; returns the next-token logits, shape (rows, vocab)."""
-
-
-class StepModel(Protocol):
-    """A model the engine drives one step at a time (onnxruntime, torch)."""
-
-    backend: str
-    context_length: int
-
-    def prefill(self, prompt_ids: list[int], adapter: str | None) -> tuple[np.ndarray, Any]:
-        """Run a prompt; returns its next-token logits (vocab,) and its row for ``Batch.add``."""
-
-    def new_batch(self) -> Batch:
-        """An empty batch; its rows may use different adapters."""
-
-    def load_adapter(self, name: str, path) -> None:
-        """Make an adapter available under ``name``."""
-
-    def unload_adapter(self, name: str) -> None:
-        """Forget an adapter."""

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import Future
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
-from serve.backends.base import Event, Job, Outbox, StepModel
 from serve.config import SchedulerSettings
+from serve.engine.interface import StepModel
+from serve.engine.tracker import Tracker
 from serve.errors import DeadlineExceeded, ResourceExhausted
+from serve.job import Event, Job, Outbox
 from serve.sampling import Sampler
-from serve.tracker import Tracker
 
 log = logging.getLogger("enclave.serve.engine")
 
@@ -39,7 +40,7 @@ class _Seq:
 
 
 class StepEngine:
-    """Schedules jobs onto one StepModel; thread-safe ``submit`` and ``cancel``."""
+    """Schedules jobs onto one StepModel; thread-safe ``submit`` and ``cancel``. Implements ``Engine``."""
 
     bundled: dict = {}  # adapters that came inside the artifact: none for these backends
 
@@ -77,7 +78,9 @@ class StepEngine:
                 raise ResourceExhausted(
                     f"model {self.name} is busy: {len(self.running)} running, {len(self.waiting)} queued "
                     f"({self.queued_tokens} prompt tokens; limits scheduler.max_queued={s.max_queued}, "
-                    f"scheduler.max_queued_tokens={s.max_queued_tokens})", retry_ms=self._retry_ms())  # fmt: skip
+                    f"scheduler.max_queued_tokens={s.max_queued_tokens})",
+                    retry_ms=self._retry_ms(),
+                )
             self.waiting.append(job)
             self.queued_tokens += len(job.prompt_ids)
             self._update_gauges()
@@ -110,6 +113,7 @@ class StepEngine:
 
     async def unload_adapter(self, name: str) -> None:
         """Unload once no queued or running request uses the adapter (the caller stops new ones first)."""
+
         def unused() -> bool:
             return all(j.adapter != name for j in self.waiting) and all(s.job.adapter != name for s in self.running)
 
@@ -146,7 +150,9 @@ class StepEngine:
             try:
                 self._iteration(admitted)
             except Exception as exc:  # a backend failure: fail these requests, keep serving
-                log.exception("model %s: step failed; failing %d requests", self.name, len(self.running) + len(admitted))
+                log.exception(
+                    "model %s: step failed; failing %d requests", self.name, len(self.running) + len(admitted)
+                )
                 for seq in self.running:
                     seq.job.emit(Event([], error=exc))
                 for job in admitted:
@@ -232,4 +238,3 @@ class StepEngine:
     def _update_gauges(self, stepped: bool = False) -> None:
         if self.gauges is not None:
             self.gauges.update(len(self.running), len(self.waiting), self.settings.max_batch_size, stepped)
-

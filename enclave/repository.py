@@ -41,8 +41,12 @@ class PinMismatch(IntegrityError):
 
     def __init__(self, what: str, manifest: Path, pinned: str, found: str, pin_file: Path, fix: str) -> None:
         self.problems = [f"{manifest}: digest {found}, pinned {pinned} in {pin_file}"]
-        EnclaveError.__init__(self, f"{what}: {manifest} has digest {found}, but {pin_file} pins {pinned} (the manifest was "
-                                    "rewritten after it was pinned); nothing was loaded", fix=fix)  # fmt: skip
+        EnclaveError.__init__(
+            self,
+            f"{what}: {manifest} has digest {found}, but {pin_file} pins {pinned} (the manifest was "
+            "rewritten after it was pinned); nothing was loaded",
+            fix=fix,
+        )
 
 
 @dataclass(frozen=True)
@@ -64,28 +68,43 @@ class Repository:
 
     @property
     def models_dir(self) -> Path:
+        """``REPO/models``: one directory per model, holding its versions and ``active.json``."""
         return self.root / "models"
 
     @property
     def adapters_dir(self) -> Path:
+        """``REPO/adapters``: one adapter artifact per directory."""
         return self.root / "adapters"
 
     def models(self) -> list[str]:
+        """The names of the models in the repository (those with an ``active.json``), sorted."""
         if not self.models_dir.is_dir():
             return []
         return sorted(p.name for p in self.models_dir.iterdir() if (p / ACTIVE).is_file())
 
     def state(self, model: str) -> dict:
-        """``active.json`` of a model: {"active", "digest", "previous": [{"version", "digest"}]}; digest None = unpinned."""
+        """``active.json`` of a model.
+
+        Its keys: {"active", "digest", "previous": [{"version", "digest"}]}; digest None = unpinned.
+        """
         path = self.models_dir / model / ACTIVE
         if not path.is_file():
-            raise EnclaveError(f"unknown model {model!r}; the repository {self.root} has: {', '.join(self.models()) or 'none'}",
-                               fix="add one with `enclave serve add`")  # fmt: skip
+            raise EnclaveError(
+                f"unknown model {model!r}; the repository {self.root} has: {', '.join(self.models()) or 'none'}",
+                fix="add one with `enclave serve add`",
+            )
         raw = json.loads(path.read_text())
         previous = [p if isinstance(p, dict) else {"version": p, "digest": None} for p in raw.get("previous", [])]
         return {"active": raw["active"], "digest": raw.get("digest"), "previous": previous}
 
     def versions(self, model: str) -> list[Version]:
+        """Every version of a model (each directory with a manifest), sorted by label, the active one marked.
+
+        Manifests are read, not verified; ``verified`` checks a version before it is loaded.
+
+        Raises:
+            EnclaveError: the model is not in the repository.
+        """
         active = self.state(model)["active"]
         root = self.models_dir / model
         out = []
@@ -95,6 +114,11 @@ class Repository:
         return out
 
     def active(self, model: str) -> Version:
+        """The version of a model that ``active.json`` names, not verified.
+
+        Raises:
+            EnclaveError: the model is not in the repository.
+        """
         name = self.state(model)["active"]
         return next(v for v in self.versions(model) if v.version == name)
 
@@ -106,7 +130,10 @@ class Repository:
             if v.version == version:
                 return v
         known = ", ".join(v.version for v in self.versions(model))
-        raise EnclaveError(f"model {model!r} has no version {version!r}; it has: {known}", fix="use one of those, or none for the active one")
+        raise EnclaveError(
+            f"model {model!r} has no version {version!r}; it has: {known}",
+            fix="use one of those, or none for the active one",
+        )
 
     def verified(self, version: Version) -> Manifest:
         """Hash every file of a version against its manifest, and the manifest against the pinned digest.
@@ -127,12 +154,23 @@ class Repository:
         state, path = self.state(model), self.models_dir / model / ACTIVE
         entries = [{"version": state["active"], "digest": state["digest"]}, *state["previous"]]
         entry = next((e for e in entries if e["version"] == label), None)
-        fix = f"check the artifact (or restore it from its source), then re-pin it with `enclave serve activate {model} {label}`"
+        fix = (
+            "check the artifact (or restore it from its source), "
+            f"then re-pin it with `enclave serve activate {model} {label}`"
+        )
         if entry is None:
-            raise EnclaveError(f"model {model!r} version {label!r} was never activated ({path} does not list it)", fix=fix)
+            raise EnclaveError(
+                f"model {model!r} version {label!r} was never activated ({path} does not list it)", fix=fix
+            )
         if entry["digest"] is None:
-            log.warning("model %s version %s is not pinned (%s predates pins); pin it with `enclave serve activate %s %s`",
-                        model, label, path, model, label)  # fmt: skip
+            log.warning(
+                "model %s version %s is not pinned (%s predates pins); pin it with `enclave serve activate %s %s`",
+                model,
+                label,
+                path,
+                model,
+                label,
+            )
         elif entry["digest"] != manifest.digest:
             what = f"model {model!r} version {label!r}"
             raise PinMismatch(what, version.path / MANIFEST, entry["digest"], manifest.digest, path, fix)
@@ -144,8 +182,10 @@ class Repository:
         check_name(version, "version")
         manifest = require_valid(Path(artifact))
         if manifest.kind not in SERVABLE_KINDS:
-            raise EnclaveError(f"{artifact} is a {manifest.kind} artifact, which the server does not run",
-                               fix=f"add one of: {', '.join(SERVABLE_KINDS)} (adapters: `enclave serve add-adapter`)")  # fmt: skip
+            raise EnclaveError(
+                f"{artifact} is a {manifest.kind} artifact, which the server does not run",
+                fix=f"add one of: {', '.join(SERVABLE_KINDS)} (adapters: `enclave serve add-adapter`)",
+            )
         final = self.models_dir / model / version
         with atomic_dir(final) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
@@ -158,7 +198,9 @@ class Repository:
         check_name(version, "version")
         final = self.models_dir / model / version
         if final.exists():
-            raise EnclaveError(f"{model} version {version} is already in {self.root}", fix="install it under another version")
+            raise EnclaveError(
+                f"{model} version {version} is already in {self.root}", fix="install it under another version"
+            )
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, final)
         return self._register(model, version, activate)
@@ -179,13 +221,18 @@ class Repository:
         """
         manifest = require_valid(Path(artifact))
         if manifest.kind != "adapter":
-            raise EnclaveError(f"{artifact} is a {manifest.kind} artifact, not an adapter", fix="pass a directory made by `enclave tune`")
+            raise EnclaveError(
+                f"{artifact} is a {manifest.kind} artifact, not an adapter",
+                fix="pass a directory made by `enclave tune`",
+            )
         check_name(manifest.name, f"{Path(artifact) / MANIFEST}: adapter name")  # it becomes a directory name
         final = self.adapters_dir / manifest.name
         if (final / MANIFEST).is_file():
             if read_manifest(final).digest != manifest.digest:
-                raise EnclaveError(f"adapter {manifest.name!r} is already in {self.root} with other contents ({final})",
-                                   fix="give the new adapter another name, or remove the old one first")  # fmt: skip
+                raise EnclaveError(
+                    f"adapter {manifest.name!r} is already in {self.root} with other contents ({final})",
+                    fix="give the new adapter another name, or remove the old one first",
+                )
         else:
             with atomic_dir(final) as tmp:
                 shutil.copytree(artifact, tmp, dirs_exist_ok=True)
@@ -214,16 +261,26 @@ class Repository:
         path = self.adapters_dir / name
         if not (path / MANIFEST).is_file():
             known = sorted(p.name for p in self.adapters_dir.iterdir()) if self.adapters_dir.is_dir() else []
-            raise EnclaveError(f"no adapter {name!r} in {self.adapters_dir}; there are: {', '.join(known) or 'none'}",
-                               fix="add it with `enclave serve add-adapter`")  # fmt: skip
+            raise EnclaveError(
+                f"no adapter {name!r} in {self.adapters_dir}; there are: {', '.join(known) or 'none'}",
+                fix="add it with `enclave serve add-adapter`",
+            )
         manifest = require_valid(path)
         pin_file = self.root / PINS / f"{name}.json"
         if not pin_file.is_file():
-            log.warning("adapter %s is not pinned (added before pins); `enclave serve add-adapter` it again to pin it", name)
+            log.warning(
+                "adapter %s is not pinned (added before pins); `enclave serve add-adapter` it again to pin it", name
+            )
         elif (pinned := json.loads(pin_file.read_text())["digest"]) != manifest.digest:
-            raise PinMismatch(f"adapter {name!r}", path / MANIFEST, pinned, manifest.digest, pin_file,
-                              fix=f"remove {path} and add the adapter again from the artifact you trust "
-                                  f"(`enclave serve add-adapter ARTIFACT --repo {self.root}`)")  # fmt: skip
+            raise PinMismatch(
+                f"adapter {name!r}",
+                path / MANIFEST,
+                pinned,
+                manifest.digest,
+                pin_file,
+                fix=f"remove {path} and add the adapter again from the artifact you trust "
+                f"(`enclave serve add-adapter ARTIFACT --repo {self.root}`)",
+            )
         return path
 
     def _pin_adapter(self, name: str, digest: str) -> None:
@@ -245,7 +302,9 @@ class Repository:
         """Make the previously active version active again, with the digest pinned when it was active; returns it."""
         state = self.state(model)
         if not state["previous"]:
-            raise EnclaveError(f"model {model!r} has no earlier active version to roll back to", fix="activate a version by name")
+            raise EnclaveError(
+                f"model {model!r} has no earlier active version to roll back to", fix="activate a version by name"
+            )
         back, rest = state["previous"][0], state["previous"][1:]
         digest = back["digest"] or self._digest(model, back["version"])  # unpinned (an old active.json): pin it now
         self._write_state(model, {"active": back["version"], "digest": digest, "previous": rest})

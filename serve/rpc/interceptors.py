@@ -24,7 +24,9 @@ async def _abort(context, exc: BaseException, method: str):
             context.set_trailing_metadata(exc.metadata)
         await context.abort(exc.code, exc.message)
     log.error("bug in %s: %s", method, type(exc).__name__, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+    )
 
 
 class _Malformed:
@@ -34,8 +36,10 @@ class _Malformed:
         self.message, self.error = message, error
 
     def refuse(self) -> None:
-        raise InvalidArgument(f"request: not a valid {self.message} message ({type(self.error).__name__}); "
-                              "send one built from proto/enclave/v1/inference.proto (strings must be UTF-8)")  # fmt: skip
+        raise InvalidArgument(
+            f"request: not a valid {self.message} message ({type(self.error).__name__}); "
+            "send one built from proto/enclave/v1/inference.proto (strings must be UTF-8)"
+        )
 
 
 def _tolerant(deserialize):
@@ -68,7 +72,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await _abort(context, exc, method)
 
-            return grpc.unary_unary_rpc_method_handler(unary, _tolerant(handler.request_deserializer), handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
@@ -81,5 +87,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await _abort(context, exc, method)
 
-            return grpc.unary_stream_rpc_method_handler(stream, _tolerant(handler.request_deserializer), handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                stream, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
         return handler

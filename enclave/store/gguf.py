@@ -11,9 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from enclave.checkpoint import check_supported
 from enclave.deps import require
 from enclave.errors import EnclaveError
+from enclave.hf.checkpoint import check_supported
 
 log = logging.getLogger(__name__)
 

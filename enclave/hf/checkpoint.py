@@ -18,10 +18,18 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Files copied into the store when importing a checkpoint; anything else (pickles,
 # Python files for trust_remote_code, READMEs) is left behind.
 KEEP_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
-    "merges.txt", "added_tokens.json", "model.safetensors.index.json",
-)  # fmt: skip
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "model.safetensors.index.json",
+)
 _BYTES_PER_DTYPE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -40,6 +48,7 @@ class CheckpointInfo:
     vocab_size: int | None
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict, for JSON output."""
         return asdict(self)
 
 
@@ -59,6 +68,7 @@ def quantization_config(root: Path) -> dict:
 
 
 def weight_files(root: Path) -> list[Path]:
+    """The checkpoint's ``*.safetensors`` files directly under ``root``, sorted by path."""
     return sorted(Path(root).glob("*.safetensors"))
 
 
@@ -79,7 +89,8 @@ def check_checkpoint(root: Path) -> None:
         if pickles:
             raise EnclaveError(
                 f"{root} holds only pickle weights ({', '.join(pickles)}); Enclave never unpickles files",
-                fix="convert them to safetensors on a trusted machine (model.save_pretrained(dir, safe_serialization=True))",
+                fix="convert them to safetensors on a trusted machine "
+                "(model.save_pretrained(dir, safe_serialization=True))",
             )
         missing.append("*.safetensors (the weights)")
     if not any((root / name).is_file() for name in TOKENIZER_FILES):
@@ -87,11 +98,17 @@ def check_checkpoint(root: Path) -> None:
     if missing:
         raise EnclaveError(
             f"{root} is not a model checkpoint; missing: {'; '.join(missing)}",
-            fix="point at a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json) or a .gguf file",
+            fix="point at a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json) "
+            "or a .gguf file",
         )
 
 
 def read_config(root: Path) -> dict:
+    """The checkpoint's ``config.json`` as a dict.
+
+    Raises:
+        EnclaveError: the file is missing, unreadable or not valid JSON.
+    """
     try:
         return json.loads((Path(root) / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
