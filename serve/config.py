@@ -64,6 +64,19 @@ class SchedulerSettings(StrictConfig):
     running streams are not stalled for long by new arrivals."""
 
 
+class PrefixCacheSettings(StrictConfig):
+    """Automatic prefix caching (onnxruntime backend): the KV of prompt prefixes shared by requests
+    (system prompts, a document asked about several times) is kept and reused, per model version
+    and adapter."""
+
+    enabled: bool = True
+    """Reuse cached prefixes; false computes every prompt in full."""
+    max_bytes: int = Field(256 << 20, ge=0)
+    """Memory for cached KV per model; least recently used blocks go first (SmolLM2: about 46 KB a token)."""
+    block_tokens: int = Field(16, ge=1, le=1024)
+    """Tokens per cached block: a prefix is reused in whole blocks."""
+
+
 class ConnectionSettings(StrictConfig):
     """gRPC transport limits: what one client connection may hold, and how long it may live."""
 
@@ -134,4 +147,5 @@ class ServeConfig(StrictConfig):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    prefix_cache: PrefixCacheSettings = PrefixCacheSettings()
     connections: ConnectionSettings = ConnectionSettings()

@@ -63,6 +63,14 @@ class Metrics:
         self.waiting = Gauge("enclave_num_requests_waiting", "Requests queued for a slot", m, registry=r)
         self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
         self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
+        # Prefix caching, in prompt tokens as vLLM's vllm:prefix_cache_queries/hits (hit rate: hits / queries).
+        self.prefix_queries = Counter(
+            "enclave_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", m, registry=r
+        )
+        self.prefix_hits = Counter(
+            "enclave_prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache", m, registry=r
+        )
+        self.prefix_bytes = Gauge("enclave_prefix_cache_bytes", "Memory held by the prefix cache", m, registry=r)
         self.load_time = Gauge(
             "enclave_model_load_seconds", "Seconds the active version took to load and warm up", m, registry=r
         )
@@ -114,6 +122,8 @@ class EngineGauges:
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.running, self.waiting = metrics.running.labels(model), metrics.waiting.labels(model)
         self.slots, self.batch = metrics.slots.labels(model), metrics.batch.labels(model)
+        self.prefix_queries, self.prefix_hits = metrics.prefix_queries.labels(model), metrics.prefix_hits.labels(model)
+        self.prefix_bytes = metrics.prefix_bytes.labels(model)
 
     def update(self, running: int, waiting: int, max_batch: int, stepped: bool = False) -> None:
         self.running.set(running)
@@ -121,3 +131,10 @@ class EngineGauges:
         self.slots.set(running / max_batch)
         if stepped and running:
             self.batch.observe(running)
+
+    def prefix(self, cache) -> None:
+        """Count a prefix cache's lookups since the last call and report its memory."""
+        stats = cache.take_stats()
+        self.prefix_queries.inc(stats.queries)
+        self.prefix_hits.inc(stats.hits)
+        self.prefix_bytes.set(cache.bytes)

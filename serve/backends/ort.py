@@ -7,6 +7,9 @@ run of the session for the whole batch. On CPU the buffer is preallocated and up
 (IO binding); the CUDA execution provider, used when onnxruntime-gpu is installed, gets the
 cache as inputs and returns it grown. Adapters are not supported here: serve them with the torch
 or vLLM backend.
+
+The graph is rewritten in memory at load (``serve.backends.onnx_graph``) so that the output layer
+runs only at the position each row samples from, not at every prompt position.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.backends import onnx_graph
+from serve.config import PrefixCacheSettings
+from serve.engine.prefix_cache import PrefixCache
 from serve.errors import FailedPrecondition
 
 BACKEND = "onnxruntime"
@@ -32,7 +38,7 @@ class Backend:
 
     backend = BACKEND
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, root: Path, threads: int | None = None, prefix_cache: PrefixCacheSettings | None = None) -> None:
         import onnxruntime as ort
 
         if hasattr(ort, "disable_telemetry_events"):
@@ -42,10 +48,10 @@ class Backend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(root / dec.get("filename", "model.onnx")), opts, providers=providers(ort)
-        )
         names = dec["inputs"], dec["outputs"]
+        graph = onnx_graph.load_graph(root / dec.get("filename", "model.onnx"))
+        onnx_graph.sampled_logits_only(graph, names[1]["logits"])
+        self.session = onnx_graph.session_from_graph(graph, root, opts, providers(ort))
         self.layers = dec["num_hidden_layers"]
         self.past = [names[0][k] % i for i in range(self.layers) for k in ("past_key_names", "past_value_names")]
         self.present = [
@@ -58,6 +64,8 @@ class Backend:
         self.context_length = int(cfg["context_length"])
         self.position_ids = "position_ids" in meta
         self.vocab = int(cfg["vocab_size"])
+        on = prefix_cache is not None and prefix_cache.enabled and prefix_cache.max_bytes > 0
+        self.prefix_cache = PrefixCache(prefix_cache.block_tokens, prefix_cache.max_bytes) if on else None
 
     def _run(
         self, tokens: np.ndarray, lengths: np.ndarray, past: list[np.ndarray]
@@ -65,13 +73,19 @@ class Backend:
         """tokens (B, T) appended to rows whose total lengths become ``lengths``; past (B, H, P, D) each."""
         width = int(lengths.max())
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, width)
-        feed = {"input_ids": tokens, "attention_mask": mask, **dict(zip(self.past, past))}
+        sampled = np.full(len(tokens), tokens.shape[1] - 1, np.int64)  # each row's last new token
+        feed = {
+            "input_ids": tokens,
+            "attention_mask": mask,
+            onnx_graph.SAMPLED_INDEX: sampled,
+            **dict(zip(self.past, past)),
+        }
         if self.position_ids:
             feed["position_ids"] = (lengths[:, None] - tokens.shape[1] + np.arange(tokens.shape[1])[None, :]).astype(
                 np.int64
             )
         out = self.session.run([self.logits_name, *self.present], feed)
-        return out[0][:, -1, :], out[1:]
+        return out[0][:, 0, :], out[1:]
 
     def prefill(self, prompt_ids: list[int], adapter: str | None):
         if adapter:
@@ -79,8 +93,16 @@ class Backend:
                 "adapter: the onnxruntime backend runs ONNX artifacts without adapters; "
                 "merge the adapter before export, or serve the checkpoint with the torch or vLLM backend"
             )
-        empty = [np.zeros((1, *self.kv[:1], 0, self.kv[1]), self.dtype) for _ in self.past]
-        logits, present = self._run(np.array([prompt_ids], np.int64), np.array([len(prompt_ids)]), empty)
+        cache = self.prefix_cache
+        cached, blocks = cache.lookup(prompt_ids, adapter) if cache is not None else (0, [])
+        if blocks:  # the cached prefix's KV, one (1, H, cached, D) array per past input
+            past = [np.concatenate([b[i] for b in blocks], axis=1)[None] for i in range(len(self.past))]
+        else:
+            past = [np.zeros((1, self.kv[0], 0, self.kv[1]), self.dtype) for _ in self.past]
+        tokens = np.array([prompt_ids[cached:]], np.int64)
+        logits, present = self._run(tokens, np.array([len(prompt_ids)]), past)
+        if cache is not None:
+            cache.store(prompt_ids, adapter, lambda start, end: [p[0, :, start:end].copy() for p in present])
         return logits[0], (present, len(prompt_ids))
 
     def new_batch(self) -> OrtBatch | CopyBatch:
@@ -192,6 +214,7 @@ class OrtBatch:
         positions = (self.lengths - 1)[:, None].astype(np.int64)
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
+        io.bind_cpu_input(onnx_graph.SAMPLED_INDEX, np.zeros(self.rows, np.int64))  # one new token per row
         if m.position_ids:
             io.bind_cpu_input("position_ids", positions)
         m.session.run_with_iobinding(io)

@@ -25,7 +25,8 @@ class Backend:
 
     backend = BACKEND
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, root: Path, threads: int | None = None, prefix_cache=None) -> None:
+        """Load the checkpoint; ``prefix_cache`` is not used here (prefix caching runs on onnxruntime)."""
         import torch
 
         from enclave.hf.loader import load

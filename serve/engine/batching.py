@@ -238,3 +238,6 @@ class StepEngine:
     def _update_gauges(self, stepped: bool = False) -> None:
         if self.gauges is not None:
             self.gauges.update(len(self.running), len(self.waiting), self.settings.max_batch_size, stepped)
+            cache = getattr(self.model, "prefix_cache", None)  # backends that cache prefixes (onnxruntime)
+            if cache is not None:
+                self.gauges.prefix(cache)

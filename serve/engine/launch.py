@@ -30,7 +30,7 @@ async def open_engine(kind: str, root: Path, tokenizer, cfg, name: str, gauges) 
         )
         await engine.start()
         return engine
-    model = await asyncio.to_thread(module.Backend, root, cfg.threads)
+    model = await asyncio.to_thread(module.Backend, root, cfg.threads, cfg.prefix_cache)
     warm = tokenizer.encode("Hello") or [0]
     await asyncio.to_thread(model.prefill, warm, None)  # first run allocates and picks kernels
     engine = StepEngine(model, tokenizer, cfg.scheduler, name, gauges)
