@@ -116,9 +116,12 @@ def test_adapter_hot_load_mixed_batch_and_unload(server, client, serve_repo):
     with pytest.raises(grpc.RpcError) as e:
         client.load_adapter("nope", model="tiny")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "facts" in e.value.details()
-    with pytest.raises(grpc.RpcError) as e:
-        client.load_adapter("facts", model="tiny-onnx")
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "onnxruntime" in e.value.details()
+    # The onnxruntime engine runs the same adapter unmerged on the fp32 export: the same tokens.
+    client.load_adapter("facts", model="tiny-onnx")
+    ask = lambda p: list(client.generate(p, model="tiny-onnx", adapter="facts", max_tokens=12).token_ids)  # noqa: E731
+    on_ort = [ask(p) for p in PROMPTS[:4]]
+    assert on_ort == tuned
+    client.unload_adapter("facts", model="tiny-onnx")
     client.unload_adapter("facts", model="tiny")
     with pytest.raises(grpc.RpcError) as e:
         client.generate("hi", model="tiny", adapter="facts")
