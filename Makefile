@@ -90,10 +90,18 @@ demo: install vllm-env
 	@echo; echo "== 4. Compress: merge the adapter, export ONNX int8; GPTQ 4-bit, export ONNX int4 and a vLLM directory; measure =="
 	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
 	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge onnx quantize onnx-int4 vllm)
-	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int8) and the base with the tuned adapter =="
+	@echo; echo "== 4b. The base alone at 4 bits (GPTQ, ONNX int4): the adapter runs on it unmerged, scored beside merged-then-quantized =="
+	$(BIN)/enclave compress --recipe compress/recipes/base-int4.yaml
+	mkdir -p $(STORE)/reports
+	$(BIN)/enclave eval $(STORE)/artifacts/smollm2-onnx-int4 --adapter $(ADAPTER) --json $(STORE)/reports/adapter-on-int4.json
+	$(BIN)/enclave eval $(STORE)/artifacts/clinical-legal-onnx-int4 --no-record --json $(STORE)/reports/merged-int4.json
+	@$(BIN)/python -c "import json; em = lambda f: json.load(open('$(STORE)/reports/' + f))['metrics']['exact_match']; \
+	  a, m = em('adapter-on-int4.json'), em('merged-int4.json'); \
+	  print(f'exact match on the test split: the adapter unmerged on the int4 base {a:.1f}, merged then quantized {m:.1f} ({a - m:+.1f} points)')"
+	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int8), and the int4 base with the tuned adapter unmerged (onnxruntime) =="
 	rm -rf $(SERVE_REPO)
 	$(BIN)/enclave serve add $(STORE)/artifacts/clinical-legal-onnx --repo $(SERVE_REPO) --name clinical-legal --version 1
-	$(BIN)/enclave serve add $(STORE)/models/$(MODEL) --repo $(SERVE_REPO) --name smollm2 --version 1
+	$(BIN)/enclave serve add $(STORE)/artifacts/smollm2-onnx-int4 --repo $(SERVE_REPO) --name smollm2-int4 --version 1
 	$(BIN)/enclave serve add-adapter $(ADAPTER) --repo $(SERVE_REPO)
 	BIN=$(BIN) deploy/demo-serve.sh $(SERVE_REPO)
 	@echo; echo "== 6. Package the compressed model for an air-gapped site: a signed bundle with the wheels to serve it, verified =="
@@ -131,8 +139,9 @@ bench-env: install $(BENCH_STAMP)
 	PYTHON=$(BIN)/python tests/bench/build-llama.sh $(LLAMA_CPP_VERSION) $(STORE)/bench
 
 # Enclave against llama.cpp (four quantizations, llama-server and llama-bench), transformers and
-# onnxruntime-genai, the tuning loop against PEFT + Trainer, and the compression bars (about 30
-# minutes on 2 cores once llama.cpp is built; its GGUF files are made once, beside the build):
+# onnxruntime-genai, the tuning loop against PEFT + Trainer, the compression bars, and the
+# onnxruntime engine's adapters, prefix cache and chunked prefill (about 40 minutes on 2 cores
+# once llama.cpp is built; its GGUF files are made once, beside the build):
 # raw JSON in bench-results/, then BENCHMARKS.md's generated sections, BENCHMARKS.json and
 # bench-plots/quality_speed.png.
 bench: install bench-env
@@ -140,6 +149,7 @@ bench: install bench-env
 	$(BIN)/python -m tests.bench.compress_quality --suite bars --out bench-results
 	$(BIN)/python -m tests.bench.tune_speed --out bench-results
 	$(BIN)/python -m tests.bench.serving --llama $(LLAMA) --llama-python $(BENCH_VENV)/bin/python --out bench-results
+	$(BIN)/python -m tests.bench.engine --out bench-results
 	$(BIN)/python -m tests.bench.report --results bench-results --md BENCHMARKS.md
 
 # Ruff (pinned in the dev extra) checks and formats every Python file but the generated stubs.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`, step 5: serve the demo's model repository over gRPC with TLS and a token (a test CA
 # and a token made here, as an operator would), call it with `enclave client` (unary and
-# streaming), print a few lines of /metrics and the audit log, verify the audit chain, then drain
-# with SIGTERM.
+# streaming; the tuned adapter unmerged on the int4 base, in one batch with requests for the base;
+# a system prompt sent twice, the second time from the prefix cache), print a few lines of
+# /metrics and the audit log, verify the audit chain, then drain with SIGTERM.
 # Usage: deploy/demo-serve.sh REPO   (ports: $ENCLAVE_DEMO_PORT, default 50051; $ENCLAVE_DEMO_METRICS_PORT, 9464)
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -17,7 +18,7 @@ T=(--target "localhost:$PORT" --ca "$SECRETS/tls/ca.pem" --token "$TOKEN")
 rm -f "$REPO"/audit.jsonl*
 
 "$BIN/enclave" serve --repo "$REPO" --port "$PORT" --metrics-port "$METRICS" default_model=clinical-legal \
-  "adapters.smollm2=[clinical-legal]" "audit_log=$REPO/audit.jsonl" "tls.cert=$SECRETS/tls/server.pem" \
+  "adapters.smollm2-int4=[clinical-legal]" "audit_log=$REPO/audit.jsonl" "tls.cert=$SECRETS/tls/server.pem" \
   "tls.key=$SECRETS/tls/server.key" "auth.tokens_file=$SECRETS/tokens.yaml" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$SECRETS"' EXIT
@@ -30,11 +31,28 @@ grep -E "ready on|serving" "$LOG" | sed 's/^/  server: /'
 "$BIN/enclave" client models "${T[@]}"
 echo "Q: A patient's chart says 'PRN'. What does that mean?   (clinical-legal: the compressed model, ONNX int8)"
 "$BIN/enclave" client generate "A patient's chart says 'PRN'. What does that mean?" --chat --max-tokens 48 "${T[@]}"
-echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2 + the clinical-legal adapter, streamed)"
-"$BIN/enclave" client stream "Explain briefly what 'habeas corpus' means in law." --chat --model smollm2 --adapter clinical-legal --max-tokens 48 "${T[@]}"
+echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2-int4 + the clinical-legal adapter, unmerged, streamed)"
+"$BIN/enclave" client stream "Explain briefly what 'habeas corpus' means in law." --chat --model smollm2-int4 --adapter clinical-legal --max-tokens 48 "${T[@]}"
+echo "-- four requests at once on smollm2-int4, two with the adapter and two without: one batch, one step per token --"
+for a in clinical-legal "" clinical-legal ""; do
+  "$BIN/enclave" client generate "What does 'stat' mean on a medication order?" --chat --model smollm2-int4 \
+    --adapter "$a" --max-tokens 32 "${T[@]}" >"$SECRETS/mixed-${a:-base}-$RANDOM.txt" 2>&1 &
+done
+wait $(jobs -p | grep -v "^$PID$")
+head -n 2 "$SECRETS"/mixed-clinical-legal-*.txt | head -n 3 | sed 's/^/  adapter: /'
+head -n 2 "$SECRETS"/mixed-base-*.txt | head -n 3 | sed 's/^/  base:    /'
+POLICY="You answer questions from the nursing staff of a hospital ward. Answer in one or two sentences, \
+in plain words, and say when the answer depends on the patient's chart or on a physician's order. \
+Never guess a dose. Abbreviations are the ones of the hospital's medication policy: BID twice a day, \
+TID three times a day, QID four times a day, PRN as needed, STAT at once, PO by mouth, IV intravenous."
+echo "-- the same ward system prompt with two questions: the second prefills only its question (prefix cache) --"
+for q in "What does TID mean?" "What does PO mean?"; do
+  "$BIN/enclave" client generate "$q" --system "$POLICY" --model smollm2-int4 --adapter clinical-legal --max-tokens 32 "${T[@]}"
+done
 echo "-- a few lines of http://127.0.0.1:$METRICS/metrics --"
 "$BIN/python" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$METRICS/metrics').read().decode())" \
-  | grep -E '^enclave_(requests_total|generation_tokens_total|time_to_first_token_seconds_(sum|count)|num_requests_running)' || true
+  | grep -E '^enclave_(requests_total|generation_tokens_total|time_to_first_token_seconds_(sum|count)|num_requests_running|batch_adapters_(bucket|count)|prefix_cache_(queries|hits)_total)' \
+  | grep -v 'le="\(3\|4\|6\|8\|16\).0"' || true
 echo "-- the audit log: one hash-chained line per request, no text --"
 tail -n 1 "$REPO/audit.jsonl"
 kill -TERM $PID

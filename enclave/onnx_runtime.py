@@ -24,30 +24,70 @@ def genai_config(root: Path) -> dict:
 
 
 class LogitsSession:
-    """``model.onnx`` as a plain function from token ids to logits (empty KV cache)."""
+    """``model.onnx`` as a plain function from token ids to logits, optionally with one LoRA adapter
+    applied unmerged (the graph's LoRA branches, ``enclave.onnx_lora``, as the serving engine runs it)."""
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, root: Path, threads: int | None = None, adapter: Path | None = None) -> None:
         ort = require("onnxruntime", "compress")
         if hasattr(ort, "disable_telemetry_events"):
             ort.disable_telemetry_events()  # Windows ETW events; nothing leaves the machine
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(root / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
         dec = genai_config(root)["model"]["decoder"]
         self.kv_shape = (dec["num_key_value_heads"], dec["head_size"])
+        self.present = [
+            dec["outputs"][k] % i
+            for i in range(dec["num_hidden_layers"])
+            for k in ("present_key_names", "present_value_names")
+        ]
+        self.lora_inputs: dict[str, np.ndarray] = {}
+        if adapter is None:
+            self.session = ort.InferenceSession(str(root / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+        else:
+            from enclave import onnx_graph, onnx_lora
+
+            head = dec["head_size"]
+            table = onnx_lora.LoraTable(
+                onnx_lora.Dims(q=dec["num_attention_heads"] * head, kv=dec["num_key_value_heads"] * head)
+            )
+            table.add(onnx_lora.read_adapter(Path(adapter).name, Path(adapter)))
+            graph = onnx_lora.add_lora(onnx_graph.load_graph(root / MODEL_FILE), table.projections(), table.ranks)
+            self.session = onnx_graph.session_from_graph(graph, root, opts, ["CPUExecutionProvider"])
+            self.lora_inputs = {k: np.ascontiguousarray(v) for k, v in table.feed(np.array([1])).items()}
         self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values")]
+
+    def _run(self, ids: list[int], past: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits (len(ids), vocab) of ``ids`` after ``past`` (one (1, H, P, D) per past input), and the new past."""
+        done = 0 if past is None else past[0].shape[2]
+        feed = {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, done + len(ids)), dtype=np.int64),
+            **self.lora_inputs,
+        }
+        for i, name in enumerate(self.past):
+            dtype = np.float16 if "float16" in self.inputs[name].type else np.float32
+            feed[name] = past[i] if past is not None else np.zeros((1, *self.kv_shape[:1], 0, self.kv_shape[1]), dtype)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.arange(done, done + len(ids), dtype=np.int64)[None]
+        out = self.session.run(["logits", *self.present], feed)
+        return out[0][0].astype(np.float32), out[1:]
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits of shape (len(ids), vocab) for one sequence."""
-        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        for name, meta in self.inputs.items():
-            if name.startswith("past_key_values"):
-                dtype = np.float16 if "float16" in meta.type else np.float32
-                feed[name] = np.zeros((1, self.kv_shape[0], 0, self.kv_shape[1]), dtype=dtype)
-            elif name == "position_ids":
-                feed[name] = np.arange(len(ids), dtype=np.int64)[None]
-        return self.session.run(["logits"], feed)[0][0].astype(np.float32)
+        return self._run(ids, None)[0]
+
+    def greedy(self, ids: list[int], new_tokens: int, eos_ids: set[int]) -> list[int]:
+        """Greedy continuation of ``ids`` with a KV cache, up to ``new_tokens`` or an end-of-sequence token (kept)."""
+        logits, past = self._run(ids, None)
+        out: list[int] = []
+        while len(out) < new_tokens:
+            out.append(int(logits[-1].argmax()))
+            if out[-1] in eos_ids:
+                break
+            logits, past = self._run(out[-1:], past)
+        return out
 
 
 def genai():

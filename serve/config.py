@@ -60,8 +60,15 @@ class SchedulerSettings(StrictConfig):
     max_queued_tokens: int = Field(65536, ge=1)
     """Prompt tokens waiting in the queue, summed."""
     max_batched_tokens: int = Field(2048, ge=1)
-    """Prompt tokens prefilled in one iteration (a longer prompt still runs, alone), so that
-    running streams are not stalled for long by new arrivals."""
+    """Prompt tokens prefilled in one iteration, between two decode steps. On onnxruntime a longer
+    prompt is prefilled in chunks and prompts admitted together share one; torch runs each prompt
+    whole (a longer one alone); vLLM takes it as ``max_num_batched_tokens`` (at least the context
+    length)."""
+    prefill_stall: float = Field(1.0, ge=0)
+    """While streams are decoding (onnxruntime), each iteration's prefill is sized from the measured
+    speeds to take about this many decode steps' time, so their inter-token latency stays within
+    about (1 + this) times its usual value while long prompts arrive; larger favours the arriving
+    prompt's first token, smaller the running streams. 0: always ``max_batched_tokens``."""
 
 
 class PrefixCacheSettings(StrictConfig):

@@ -62,6 +62,13 @@ class Metrics:
         self.running = Gauge("enclave_num_requests_running", "Requests in the running batch", m, registry=r)
         self.waiting = Gauge("enclave_num_requests_waiting", "Requests queued for a slot", m, registry=r)
         self.batch = Histogram("enclave_batch_size", "Sequences per decode step", m, buckets=BATCH, registry=r)
+        self.batch_adapters = Histogram(
+            "enclave_batch_adapters",
+            "Distinct adapters per decode step, the base counting as one (above 1: a mixed batch)",
+            m,
+            buckets=(1, 2, 3, 4, 6, 8, 16),
+            registry=r,
+        )
         self.slots = Gauge("enclave_slot_usage_ratio", "Running requests / max_batch_size (1 = full)", m, registry=r)
         # Prefix caching, in prompt tokens as vLLM's vllm:prefix_cache_queries/hits (hit rate: hits / queries).
         self.prefix_queries = Counter(
@@ -124,13 +131,17 @@ class EngineGauges:
         self.slots, self.batch = metrics.slots.labels(model), metrics.batch.labels(model)
         self.prefix_queries, self.prefix_hits = metrics.prefix_queries.labels(model), metrics.prefix_hits.labels(model)
         self.prefix_bytes = metrics.prefix_bytes.labels(model)
+        self.batch_adapters = metrics.batch_adapters.labels(model)
 
-    def update(self, running: int, waiting: int, max_batch: int, stepped: bool = False) -> None:
+    def update(self, running: int, waiting: int, max_batch: int, stepped: bool = False, adapters: int = 0) -> None:
+        """Set the gauges; after a decode step also observe its batch size and its distinct adapters."""
         self.running.set(running)
         self.waiting.set(waiting)
         self.slots.set(running / max_batch)
         if stepped and running:
             self.batch.observe(running)
+        if stepped and adapters:
+            self.batch_adapters.observe(adapters)
 
     def prefix(self, cache) -> None:
         """Count a prefix cache's lookups since the last call and report its memory."""

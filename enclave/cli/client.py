@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 HELP = "call a running Enclave server: generate, stream, models, health, tokenize"
 EPILOG = """examples:
@@ -12,6 +13,7 @@ EPILOG = """examples:
   enclave client models
   enclave client generate "What does BID mean on a chart?" --chat --max-tokens 48
   enclave client stream "Explain habeas corpus." --chat --adapter clinical-legal
+  enclave client generate "What does PRN mean?" --system @ward-policy.txt --model smollm2-int4
   enclave client tokenize "Habeas corpus" --target 10.0.0.5:50051 --ca ca.pem
 The token comes from --token or $ENCLAVE_TOKEN (never put it in shell history on shared machines)."""
 
@@ -41,6 +43,11 @@ def register(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--model-version", default="", help="version (default: the active one)")
             p.add_argument(
                 "--chat", action="store_true", help="send the text as a user message (the chat template is applied)"
+            )
+            p.add_argument(
+                "--system",
+                help="a system message before the text (implies --chat); '@FILE' reads it from FILE. A system prompt "
+                "many requests share is prefilled once and reused from the prefix cache (onnxruntime)",
             )
         if name in ("generate", "stream"):
             p.add_argument("--adapter", default="", help="an adapter loaded on the model")
@@ -95,8 +102,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _prompt(args) -> str:
-    return sys.stdin.read() if args.prompt == "-" else args.prompt
+def _prompt(args) -> str | list[dict]:
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not args.system:
+        return text
+    system = Path(args.system[1:]).read_text() if args.system.startswith("@") else args.system
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
 
 
 def _sampling(args) -> dict:

@@ -14,7 +14,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="a store name or checkpoint path (GPTQ included), an ONNX artifact (run with ONNX Runtime), "
         "or an adapter artifact (its base comes from its manifest)",
     )
-    parser.add_argument("--adapter", help="an adapter artifact to apply on MODEL")
+    parser.add_argument(
+        "--adapter",
+        help="an adapter artifact to apply on MODEL (on an ONNX artifact of its base, int4 included: unmerged, "
+        "as the server's onnxruntime engine runs it)",
+    )
     parser.add_argument(
         "--data",
         default="builtin:clinical_legal",

@@ -123,16 +123,19 @@ class TorchLM:
 
 
 class OnnxLM:
-    """An ONNX artifact: onnxruntime for log-probabilities, onnxruntime-genai's C++ loop for greedy decoding."""
+    """An ONNX artifact: onnxruntime for log-probabilities, onnxruntime-genai's C++ loop for greedy
+    decoding; with a LoRA adapter (applied unmerged, as the serving engine runs it) both come from
+    onnxruntime with the graph's LoRA branches (greedy with a KV cache)."""
 
     engine = "onnxruntime"
 
-    def __init__(self, root: Path, threads: int | None = None) -> None:
+    def __init__(self, root: Path, threads: int | None = None, adapter: Path | None = None) -> None:
         from enclave.onnx_runtime import Generator, LogitsSession, genai_config
 
         self.root = Path(root)
-        self.session = LogitsSession(self.root, threads)
+        self.session = LogitsSession(self.root, threads, adapter)
         self._generator, self._make_generator = None, lambda: Generator(self.root)
+        self.adapter = adapter
         self.context_length = int(genai_config(self.root)["model"]["context_length"])
 
     def token_logprobs(self, ids: list[int]) -> np.ndarray:
@@ -149,6 +152,8 @@ class OnnxLM:
         The onnxruntime-genai generator is created on the first call, so scoring log-probabilities
         alone never loads it.
         """
+        if self.adapter is not None:
+            return [_cut(self.session.greedy(p, max_new_tokens, eos_ids), eos_ids) for p in prompts]
         if self._generator is None:
             self._generator = self._make_generator()
         return [_cut(self._generator.greedy(p, max_new_tokens)[0], eos_ids) for p in prompts]

@@ -7,20 +7,22 @@ run of the session for the whole batch. On CPU the buffer is preallocated and up
 (IO binding); the CUDA execution provider, used when onnxruntime-gpu is installed, gets the
 cache as inputs and returns it grown.
 
-The graph is rewritten in memory at load (``serve.backends.onnx_graph``) so that the output layer
+The graph is rewritten in memory at load (``enclave.onnx_graph``) so that the output layer
 runs only at the position each row samples from, not at every prompt position; and, while LoRA
 adapters are loaded, so that each adapted projection has a gathered LoRA branch
-(``serve.backends.onnx_lora``): rows of different adapters, and of the base, share one step.
+(``enclave.onnx_lora``): rows of different adapters, and of the base, share one step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from serve.backends import onnx_graph, onnx_lora
+from enclave import onnx_graph, onnx_lora
 from serve.config import PrefixCacheSettings
 from serve.engine.prefix_cache import PrefixCache
 from serve.errors import FailedPrecondition
@@ -86,15 +88,25 @@ class Backend:
         """The adapter inputs of a run whose rows use these slots (none while no adapter is loaded)."""
         if not self.lora.active:
             return {}
-        return {**self.lora.masks(slots), **self.lora.inputs}
+        return self.lora.feed(slots)
 
     def _run(
-        self, tokens: np.ndarray, lengths: np.ndarray, past: list[np.ndarray], slots: np.ndarray | None = None
+        self,
+        tokens: np.ndarray,
+        lengths: np.ndarray,
+        past: list[np.ndarray],
+        slots: np.ndarray | None = None,
+        sampled: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """tokens (B, T) appended to rows whose total lengths become ``lengths``; past (B, H, P, D) each."""
-        width = int(lengths.max())
+        """tokens (B, T) appended to rows whose total lengths become ``lengths``; past (B, H, P, D) each.
+
+        Rows with fewer new tokens than T (fresh prompts side by side, no past) are padded at the
+        end; ``sampled`` names the position each row's logits come from (default: the last).
+        """
+        width = max(int(lengths.max()), past[0].shape[2] + tokens.shape[1])
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, width)
-        sampled = np.full(len(tokens), tokens.shape[1] - 1, np.int64)  # each row's last new token
+        if sampled is None:
+            sampled = np.full(len(tokens), tokens.shape[1] - 1, np.int64)
         feed = {
             "input_ids": tokens,
             "attention_mask": mask,
@@ -102,26 +114,114 @@ class Backend:
             **dict(zip(self.past, past)),
             **self.lora_feed(np.zeros(len(tokens), np.int64) if slots is None else slots),
         }
-        if self.position_ids:
-            feed["position_ids"] = (lengths[:, None] - tokens.shape[1] + np.arange(tokens.shape[1])[None, :]).astype(
-                np.int64
-            )
+        if self.position_ids:  # each row's new tokens follow its own past
+            start = lengths - sampled - 1
+            feed["position_ids"] = (start[:, None] + np.arange(tokens.shape[1])[None, :]).astype(np.int64)
         out = self.session.run([self.logits_name, *self.present], feed)
         return out[0][:, 0, :], out[1:]
 
     def prefill(self, prompt_ids: list[int], adapter: str | None):
-        slot = np.array([self.lora.slot(adapter)], np.int64)
+        """The whole prompt in one run (cached prefix reused)."""
+        pending = self.begin(prompt_ids, adapter)
+        return self.prefill_chunk([pending], len(prompt_ids))[0]
+
+    def begin(self, prompt_ids: list[int], adapter: str | None) -> Pending:
+        """A prompt to prefill in chunks; its cached prefix (if any) is already done.
+
+        On CPU its KV goes into buffers of the prompt's full length that every chunk's run writes
+        in place (IO binding, as ``OrtBatch``), so a long prompt's chunks copy no cache.
+        """
+        slot = self.lora.slot(adapter)
         cache = self.prefix_cache
         cached, blocks = cache.lookup(prompt_ids, adapter) if cache is not None else (0, [])
-        if blocks:  # the cached prefix's KV, one (1, H, cached, D) array per past input
-            past = [np.concatenate([b[i] for b in blocks], axis=1)[None] for i in range(len(self.past))]
+        bound = self.session.get_providers()[0] == "CPUExecutionProvider"
+        width = len(prompt_ids) if bound else cached
+        kv = [np.zeros((1, self.kv[0], width, self.kv[1]), self.dtype) for _ in self.past]
+        for i, buf in enumerate(kv):  # the cached prefix's KV
+            for j, block in enumerate(blocks):
+                n = block[i].shape[1]
+                buf[0, :, j * n : (j + 1) * n] = block[i]
+        return Pending(list(prompt_ids), adapter, slot, cached, kv, bound)
+
+    def prefill_chunk(self, prompts: list[Pending], tokens: int) -> list[tuple[np.ndarray, tuple] | None]:
+        """Advance each prompt by up to ``tokens`` tokens.
+
+        Prompts with nothing computed yet run together in one run of the graph (right-padded to the
+        longest chunk); a prompt that continues (a cached prefix, an earlier chunk) runs alone,
+        because GroupQueryAttention takes several new tokens over a past for one row at a time.
+
+        Args:
+            prompts: from ``begin``; each keeps its KV so far.
+            tokens: the most new tokens of one prompt.
+
+        Returns:
+            Per prompt: None while it has tokens left, else its next-token logits and its row for
+            ``Batch.add`` (its KV then goes into the prefix cache).
+        """
+        fresh = [p for p in prompts if p.done == 0]
+        groups = ([fresh] if fresh else []) + [[p] for p in prompts if p.done]
+        finished = {}
+        for group in groups:
+            for p, result in zip(group, self._chunk(group, tokens)):
+                finished[id(p)] = result
+        return [finished[id(p)] for p in prompts]
+
+    def _chunk(self, prompts: list[Pending], tokens: int) -> list[tuple[np.ndarray, tuple] | None]:
+        """One run: a single prompt over its past, or fresh prompts side by side."""
+        counts = np.array([min(p.remaining, tokens) for p in prompts], np.int64)
+        if len(prompts) == 1 and prompts[0].bound:
+            logits = self._run_in_place(prompts[0], int(counts[0]))
         else:
-            past = [np.zeros((1, self.kv[0], 0, self.kv[1]), self.dtype) for _ in self.past]
-        tokens = np.array([prompt_ids[cached:]], np.int64)
-        logits, present = self._run(tokens, np.array([len(prompt_ids)]), past, slot)
-        if cache is not None:
-            cache.store(prompt_ids, adapter, lambda start, end: [p[0, :, start:end].copy() for p in present])
-        return logits[0], (present, len(prompt_ids), int(slot[0]))
+            ids = np.zeros((len(prompts), int(counts.max())), np.int64)  # shorter chunks padded at the end
+            for i, (p, n) in enumerate(zip(prompts, counts)):
+                ids[i, :n] = p.ids[p.done : p.done + n]
+            if len(prompts) == 1:  # a prompt over its past (devices other than the CPU)
+                past = prompts[0].kv
+            else:  # fresh prompts side by side: no past
+                past = [np.zeros((len(prompts), self.kv[0], 0, self.kv[1]), self.dtype) for _ in self.past]
+            done = np.array([p.done for p in prompts], np.int64)
+            logits, present = self._run(ids, done + counts, past, np.array([p.slot for p in prompts]), counts - 1)
+            for i, (p, n) in enumerate(zip(prompts, counts)):
+                if p.bound:
+                    for buf, a in zip(p.kv, present):
+                        buf[0, :, p.done : p.done + n] = a[i, :, p.done : p.done + n]
+                else:
+                    p.kv = [a[i : i + 1, :, : p.done + n] for a in present]
+        out = []
+        for i, (p, n) in enumerate(zip(prompts, counts)):
+            p.done += int(n)
+            if p.remaining:
+                out.append(None)
+                continue
+            kv = [a[:, :, : p.done] for a in p.kv]
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(
+                    p.ids, p.adapter, lambda start, end, kv=kv: [a[0, :, start:end].copy() for a in kv]
+                )
+            out.append((logits[i], (kv, p.done, p.slot)))
+        return out
+
+    def _run_in_place(self, p: Pending, n: int) -> np.ndarray:
+        """The next ``n`` tokens of one prompt, its KV buffers bound as past and present (written in place)."""
+        io = self.session.io_binding()
+        shape = p.kv[0].shape
+        for past, present, buf in zip(self.past, self.present, p.kv):
+            io.bind_input(past, "cpu", 0, self.dtype, shape, buf.ctypes.data)
+            io.bind_output(present, "cpu", 0, self.dtype, shape, buf.ctypes.data)
+        feed = {  # bound by address: these arrays must live until the run returns
+            "input_ids": np.array([p.ids[p.done : p.done + n]], np.int64),
+            "attention_mask": np.ones((1, p.done + n), np.int64),
+            onnx_graph.SAMPLED_INDEX: np.array([n - 1], np.int64),
+            **{k: np.ascontiguousarray(v) for k, v in self.lora_feed(np.array([p.slot], np.int64)).items()},
+        }
+        if self.position_ids:
+            feed["position_ids"] = np.arange(p.done, p.done + n, dtype=np.int64)[None]
+        for name, array in feed.items():
+            io.bind_cpu_input(name, array)
+        logits = np.zeros((1, 1, self.vocab), np.float32)
+        io.bind_output(self.logits_name, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        self.session.run_with_iobinding(io)
+        return logits[:, 0, :]
 
     def new_batch(self) -> OrtBatch | CopyBatch:
         on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
@@ -153,6 +253,44 @@ class Backend:
             self._build()  # new or fewer branches: a new session (the weights file is read again, not copied)
         else:
             self.generation += 1  # same graph, new stacked inputs
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed by a restack or an old session back to the system (glibc's
+    ``malloc_trim``): the freed blocks are each a little smaller than the next stack needs, so
+    without it every adapter loaded would leave its old stack's size in the heap, measured at
+    twice the adapters' size in resident memory. A no-op on other C libraries."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+@dataclass
+class Pending:
+    """A prompt being prefilled, chunk by chunk: its KV so far, one (1, H, width, D) per past input
+    (width: the prompt's length when ``bound``, else ``done``)."""
+
+    ids: list[int]
+    adapter: str | None
+    slot: int
+    done: int
+    kv: list[np.ndarray]
+    bound: bool = False  # kv holds the whole prompt's length, written in place (CPU)
+
+    @property
+    def remaining(self) -> int:
+        """Prompt tokens not run yet."""
+        return len(self.ids) - self.done
 
 
 class OrtBatch:
@@ -176,6 +314,7 @@ class OrtBatch:
         self.generation = 0  # the model's generation the binding was made for
         self.binding = None  # an io_binding for the current rows and capacity
         self.logits = np.zeros(0, np.float32)
+        self.lora: dict[str, np.ndarray] = {}  # the adapters' inputs for these rows, bound by address
 
     @property
     def rows(self) -> int:
@@ -239,9 +378,10 @@ class OrtBatch:
             io.bind_output(present, "cpu", 0, m.dtype, shape, buf.ctypes.data)
         self.logits = np.zeros((rows, 1, m.vocab), np.float32)
         io.bind_output(m.logits_name, "cpu", 0, np.float32, self.logits.shape, self.logits.ctypes.data)
-        if m.lora.active:  # the stacked adapters, by address (the table keeps them until they change)
-            for name, array in m.lora.inputs.items():
-                io.bind_input(name, "cpu", 0, np.float32, array.shape, array.ctypes.data)
+        # the rows' adapters and masks, by address: they change only when rows or adapters do
+        self.lora = {k: np.ascontiguousarray(v) for k, v in m.lora_feed(self.slots).items()}
+        for name, array in self.lora.items():
+            io.bind_cpu_input(name, array)
         self.generation = m.generation
         return io
 
@@ -260,9 +400,6 @@ class OrtBatch:
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         io.bind_cpu_input(onnx_graph.SAMPLED_INDEX, np.zeros(self.rows, np.int64))  # one new token per row
-        if m.lora.active:
-            for name, mask in m.lora.masks(self.slots).items():
-                io.bind_cpu_input(name, mask)
         if m.position_ids:
             io.bind_cpu_input("position_ids", positions)
         m.session.run_with_iobinding(io)

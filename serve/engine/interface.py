@@ -74,3 +74,14 @@ class StepModel(Protocol):
 
     def unload_adapter(self, name: str) -> None:
         """Forget an adapter."""
+
+
+class ChunkedPrefill(Protocol):
+    """What a ``StepModel`` may add so that ``StepEngine`` prefills a long prompt in chunks between
+    decode steps, and fresh prompts side by side (onnxruntime has it; torch prefills whole)."""
+
+    def begin(self, prompt_ids: list[int], adapter: str | None) -> Any:
+        """A prompt to prefill; the state has ``remaining`` (tokens not run yet; a cached prefix is done)."""
+
+    def prefill_chunk(self, prompts: list[Any], tokens: int) -> list[tuple[np.ndarray, Any] | None]:
+        """Advance each prompt by up to ``tokens``; per prompt None, or, once done, what ``prefill`` returns."""

@@ -25,6 +25,7 @@ COMMANDS = [
     "python -m tests.bench.compress_quality --suite bars --out bench-results",
     "python -m tests.bench.tune_speed --out bench-results",
     "python -m tests.bench.serving --llama $LLAMA --llama-python .venv-bench/bin/python --out bench-results",
+    "python -m tests.bench.engine --out bench-results",
     "python -m tests.bench.report",
 ]
 PLOT = Path("bench-plots") / "quality_speed.png"  # beside BENCHMARKS.md
@@ -382,11 +383,61 @@ def export(r: dict) -> str:
     )
 
 
+def engine(r: dict) -> str:
+    """The onnxruntime engine's own bars: adapters, prefix cache, chunked prefill, adapter memory."""
+    a, arr, raw = r["adapter"], r["arrival"], r["arrival_unchunked"]
+    rows = [
+        [
+            b["what"],
+            f"{b['value']:.2f}",
+            f"{'>=' if b['higher'] else '<='} {b['threshold']:g}",
+            "met" if b["met"] else "**missed**",
+        ]
+        for b in r["bars"].values()
+    ]
+    figures = table(
+        ["measure", "figure"],
+        [
+            [
+                "1 stream, base / with an adapter / torch backend with it (tok/s)",
+                f"{r['base_1']:.1f} / {r['adapter_1']:.1f} / {r['torch_adapter_1']:.1f}",
+            ],
+            ["8 streams, base / over 4 adapters (tok/s)", f"{r['base_8']:.1f} / {r['adapters_8']:.1f}"],
+            [
+                "TTFT, 1,024-token prefix + 32-token question, uncached / cached",
+                f"{r['prefix']['uncached_s']:.3f} s / {r['prefix']['cached_s']:.3f} s",
+            ],
+            ["7 streams' inter-token latency, median without an arrival", f"{arr['median_ms']:.1f} ms"],
+            [
+                "... while 2,000 prompt tokens arrive, chunked: p99 / max / its TTFT",
+                f"{arr['p99_ms']:.0f} ms / {arr['max_ms']:.0f} ms / {arr['ttft_s']:.2f} s",
+            ],
+            [
+                "... the same with chunking off: p99 / max / its TTFT",
+                f"{raw['p99_ms']:.0f} ms / {raw['max_ms']:.0f} ms / {raw['ttft_s']:.2f} s",
+            ],
+            [
+                "server RSS, no adapters / 10 loaded (MB); their files (MB)",
+                f"{r['rss_mb']['no adapters']:.0f} / {r['rss_mb']['10 adapters']:.0f}; {r['adapter_files_mb']:.0f}",
+            ],
+        ],
+        "lr",
+    )
+    return (
+        f"Run {r['date']}, {r['threads']} threads, SmolLM2-135M-Instruct ONNX int8; the adapter: rank "
+        f"{a['rank']} on all {a['targets']} projections, {a['file_mb']:.1f} MB, from `enclave tune`.\n\n"
+        + table(["bar", "value", "bar", ""], rows, "lrrl")
+        + "\n\n"
+        + figures
+    )
+
+
 # section name: (the result it is written from, the writer)
 SECTIONS = {
     "header": (None, header),
     "serving": ("serving", serving),
     "quality_speed": ("serving", quality_speed_section),
+    "engine": ("engine", engine),
     "tune_speed": ("tune_speed", tune),
     "prune_quality": ("prune_quality", prune),
     "quantize_quality": ("quantize_quality", quantize),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
@@ -160,6 +161,32 @@ def onnx_perplexity(root: Path, ids: list[int]) -> float:
     return text_perplexity(OnnxLM(root), ids, window=512)
 
 
+@contextlib.contextmanager
+def enclave_server(repo: Path, threads: int, *overrides: str, config: Path | None = None):
+    """`enclave serve` on ``repo`` in its own process (so its resident memory is its own); yields (target, pid)."""
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).with_name("enclave")),
+        "serve",
+        "run",
+        *(["--config", str(config)] if config else []),
+        f"repo={repo}",
+        f"port={port}",
+        "metrics_port=null",
+        f"threads={threads}",
+        "scheduler.max_batch_size=16",
+        "limits.max_new_tokens=1024",
+        *overrides,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(target), "enclave serve", proc)
+        yield target, proc.pid
+    finally:
+        stop(proc)
+
+
 def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
     """Serve one artifact from its own `enclave serve` process; measure through gRPC."""
     from transformers import AutoTokenizer
@@ -169,24 +196,8 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
 
     repo = Repository(work / f"repo-{artifact.name}")
     repo.add(artifact, "bench", "1")
-    port = free_port()
-    enclave = Path(sys.executable).with_name("enclave")
-    cmd = [
-        str(enclave),
-        "serve",
-        "run",
-        f"repo={repo.root}",
-        f"port={port}",
-        "metrics_port=null",
-        f"threads={threads}",
-        "scheduler.max_batch_size=16",
-        "limits.max_new_tokens=1024",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    target = f"127.0.0.1:{port}"
-    try:
-        wait_for(lambda: healthy(target), "enclave serve", proc)
-        loaded = memory_mb(proc.pid)
+    with enclave_server(repo.root, threads) as (target, pid):
+        loaded = memory_mb(pid)
 
         def request(prompt: str, max_tokens: int) -> list[float]:
             with Client(target, timeout=600) as c:
@@ -201,9 +212,7 @@ def enclave_engine(artifact: Path, threads: int, work: Path) -> dict:
         result = single_stream(request, lambda t: tok(t, add_special_tokens=False)["input_ids"], tok.decode)
         result["load"] = [run_load(request, n) for n in STREAMS]
         result["rss_loaded_mb"] = loaded["rss_mb"]
-        result["peak_rss_mb"] = memory_mb(proc.pid)["peak_rss_mb"]
-    finally:
-        stop(proc)
+        result["peak_rss_mb"] = memory_mb(pid)["peak_rss_mb"]
     return result
 
 

@@ -9,7 +9,7 @@ import pytest
 from enclave.cli import main
 
 
-def test_client_commands(server, capsys):
+def test_client_commands(server, capsys, tmp_path):
     target = ["--target", f"127.0.0.1:{server.port}", "--token", server.token]
     assert main(["client", "health", *target]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
@@ -23,6 +23,13 @@ def test_client_commands(server, capsys):
     assert "finish: length" in capsys.readouterr().err
     assert main(["client", "tokenize", "Habeas corpus", *target]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("tokens")
+    assert main(["client", "tokenize", "Habeas corpus", "--chat", *target]) == 0
+    user_only = int(capsys.readouterr().out.split()[0])
+    policy = tmp_path / "policy.txt"
+    policy.write_text("Answer as the ward's pharmacist would.")
+    for system in ("Answer as the ward's pharmacist would.", f"@{policy}"):
+        assert main(["client", "tokenize", "Habeas corpus", "--system", system, *target]) == 0
+        assert int(capsys.readouterr().out.split()[0]) > user_only + 5  # the system message is in the prompt
     assert main(["client", "generate", "hi", "--temperature", "-1", *target]) == 1
     assert "INVALID_ARGUMENT: sampling.temperature" in capsys.readouterr().err
 

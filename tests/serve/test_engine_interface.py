@@ -26,3 +26,12 @@ def test_both_engines_implement_it_with_the_same_signatures():
             assert inspect.iscoroutinefunction(getattr(cls, name)) == inspect.iscoroutinefunction(
                 getattr(Engine, name)
             ), name
+
+
+def test_the_onnxruntime_backend_prefills_in_chunks_as_declared():
+    from serve.backends.ort import Backend
+    from serve.engine.interface import ChunkedPrefill
+
+    for name in ("begin", "prefill_chunk"):
+        want, got = inspect.signature(getattr(ChunkedPrefill, name)), inspect.signature(getattr(Backend, name))
+        assert list(got.parameters)[1:] == list(want.parameters)[1:], f"Backend.{name}{got} != {want}"

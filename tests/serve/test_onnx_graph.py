@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from serve.backends import onnx_graph
+from enclave import onnx_graph
 from serve.backends.ort import Backend
 
 

@@ -8,12 +8,13 @@ run exactly are refused with the reason."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from serve.backends import onnx_lora
+from enclave import onnx_lora
 from serve.errors import FailedPrecondition
 
 
@@ -89,6 +90,64 @@ def test_a_mixed_batch_equals_each_row_alone(paths, scaled):
     assert len({tuple(s) for s in alone[:3]}) > 1  # base and adapters really differ
 
 
+def test_a_run_reads_only_the_adapters_its_rows_use(paths, scaled):
+    """Base rows read no adapter weights; one adapter's rows read its slot alone (a view of the
+    stack, no copy); rows of non-adjacent slots read a gathered copy of just those slots."""
+    from serve.backends.ort import Backend
+
+    model = Backend(paths[0], threads=1)
+    for name, path in (("facts", paths[2]), ("facts3", scaled), ("facts-again", paths[2])):
+        model.load_adapter(name, path)
+    (layer, proj), (a, b) = next(iter(model.lora.stacked.items()))
+    rank, a_in = model.lora.ranks[(layer, proj)], onnx_lora.input_name(layer, proj, "A")
+    mask = onnx_lora.MASK.format(rank)
+
+    base = model.lora.feed(np.array([0, 0]))
+    assert base[a_in].shape == (0, a.shape[1]) and base[mask].shape == (2, 1, 0)
+    one = model.lora.feed(np.array([2, 0, 2]))
+    assert one[a_in].shape == (rank, a.shape[1]) and np.shares_memory(one[a_in], a)
+    np.testing.assert_array_equal(one[a_in], a[rank : 2 * rank])
+    np.testing.assert_array_equal(one[mask][:, 0, 0], [1, 0, 1])
+    apart = model.lora.feed(np.array([3, 1]))  # slots 1 and 3: a copy of those two only
+    assert apart[a_in].shape == (2 * rank, a.shape[1]) and not np.shares_memory(apart[a_in], a)
+    np.testing.assert_array_equal(apart[a_in], np.concatenate([a[:rank], a[2 * rank :]]))
+    np.testing.assert_array_equal(apart[mask][:, 0, ::rank], [[0, 1], [1, 0]])
+    # a batch of slots 1 and 3 (a gathered copy) answers as each row alone (a view)
+    alone = [greedy(model, PROMPTS[0], n)[1] for n in ("facts", "facts-again")]
+    batch, seqs = model.new_batch(), []
+    for name in ("facts", "facts-again"):
+        logits, row = model.prefill(PROMPTS[0], name)
+        batch.add(row)
+        seqs.append([int(logits.argmax())])
+    for _ in range(10):
+        for seq, logits in zip(seqs, batch.step([s[-1] for s in seqs])):
+            seq.append(int(logits.argmax()))
+    assert seqs == alone and alone[0] == alone[1]
+
+
+def test_loaded_adapters_cost_about_their_own_size(paths, scaled):
+    """The stack is the only copy of the adapters' weights (numpy memory, traced): loading four
+    more adapters holds a stack of five slots and nothing else. (A slot is the adapter's
+    size where it adapts all of q, k and v, larger where it adapts some: q_proj's and v_proj's B
+    go into column blocks of the fused qkv projection's B.)"""
+    import tracemalloc
+
+    from serve.backends.ort import Backend
+
+    model = Backend(paths[0], threads=1)
+    model.load_adapter("first", paths[2])  # the graph gains its LoRA branches (a new session) here
+    tracemalloc.start()  # counts what is allocated from here on: the whole new stack of 5 slots
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(4):
+            model.load_adapter(f"a{i}", paths[2] if i % 2 else scaled)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_slot = sum(a.nbytes + b.nbytes for a, b in model.lora.stacked.values()) / len(model.lora.adapters)
+    assert held <= 1.2 * 5 * per_slot, f"{held / per_slot:.2f} slots' worth of memory for 5 adapters"
+
+
 def test_adapters_load_and_unload_at_run_time(paths, scaled):
     from serve.backends.ort import Backend
 
@@ -101,7 +160,7 @@ def test_adapters_load_and_unload_at_run_time(paths, scaled):
     assert model.lora.slot("facts3") == 2
     assert greedy(model, PROMPTS[1], None)[1] == base
     model.unload_adapter("facts3")
-    assert not model.lora.active and model.lora.inputs == {}
+    assert not model.lora.active and model.lora.stacked == {}
     model.load_adapter("facts", paths[2])
     assert greedy(model, PROMPTS[1], "facts")[1] == with_facts
 
@@ -154,3 +213,9 @@ def test_the_server_runs_adapters_on_onnxruntime_mixed_in_one_step(serve_repo):
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert all(results[i].token_ids[:12] == (base, on_ort)[i % 2].token_ids for i in range(6))  # mixed = alone
     assert 'enclave_requests_total{adapter="facts",code="OK",model="tiny-onnx"} 4.0' in text
+    # the metrics show the mixed batch: steps that held the base and the adapter together
+    steps = {
+        le: float(n)
+        for le, n in re.findall(r'enclave_batch_adapters_bucket\{le="([^"]+)",model="tiny-onnx"\} (\S+)', text)
+    }
+    assert steps["+Inf"] > steps["1.0"] > 0

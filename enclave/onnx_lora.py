@@ -1,18 +1,21 @@
 """Many LoRA adapters on one ONNX graph, mixed in one batch (what Punica's and S-LoRA's batched LoRA
 kernels and vLLM's ``punica_wrapper`` do, in plain ONNX operators).
 
-Each adapted projection of the graph gets a side branch over every loaded adapter at once, masked
-per row (slot s of S adapters owns columns s*R to (s+1)*R; a base row's mask is all zeros)::
+Each adapted projection of the graph gets a side branch over the adapters of the run's rows,
+masked per row (the k-th adapter present owns columns k*R to (k+1)*R; a base row's mask is all
+zeros)::
 
-    y = base(x) + ((x @ A) * mask) @ B        x (B, T, in), A (in, S*R), mask (B, 1, S*R), B (S*R, out)
+    y = base(x) + ((x @ A^T) * mask) @ B      x (B, T, in), A (K*R, in), mask (B, 1, K*R), B (K*R, out)
 
 so a step over rows of four adapters is still one run of the graph, two small GEMMs per projection
-(no per-row gather: on CPU that costs more than the few extra columns). A and B hold every loaded
-adapter's weights side by side (zero-padded to the projection's largest rank R, the scale
-``lora_alpha / r`` folded into B): memory per adapter is about its own size, the base weights are
-never copied. One mask input per distinct R (``lora_mask.R``). The exported graph fuses q, k and
-v into one ``qkv_proj``; the adapters' q_proj, k_proj and v_proj weights go into the column blocks
-of its output.
+(no per-row gather: on CPU that costs more than the few extra columns). The table keeps every
+loaded adapter's A and B stacked slot after slot (zero-padded to the projection's largest rank R,
+the scale ``lora_alpha / r`` folded into B), and a run reads only the slots its rows use: a
+contiguous run of slots is a view of the stack, others are gathered once per set of slots and
+kept while that set runs; a batch of base rows reads none (K = 0). Memory per adapter is about its
+own size, the base weights are never copied. One mask input per distinct R (``lora_mask.R``). The
+exported graph fuses q, k and v into one ``qkv_proj``; the adapters' q_proj, k_proj and v_proj
+weights go into the column blocks of its output.
 
 Adapters come from `enclave tune` (PEFT LoRA, safetensors). Anything this branch cannot express
 exactly (other PEFT types, biases, modules_to_save, per-module alpha) is refused at load.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,14 +123,27 @@ class Dims:
         return [slice(0, self.q), slice(self.q, self.q + self.kv), slice(self.q + self.kv, self.q + 2 * self.kv)]
 
 
+@dataclass
+class Slot:
+    """A loaded adapter as the table keeps it: its weights live only in the stack."""
+
+    name: str
+    ranks: dict[tuple[int, str], int]  # (layer, graph projection) -> its rank there
+    blocks: set[tuple[int, str, str]]  # (layer, block, graph projection) it adapts
+
+
 class LoraTable:
-    """The loaded adapters, their slots, and the stacked A and B the graph reads."""
+    """The loaded adapters, their slots, and the stacked A and B the graph reads (the only copy of
+    the adapters' weights: memory per adapter is about its file's size)."""
+
+    gathered_kept = 4  # sets of non-contiguous slots whose gathered inputs are kept
 
     def __init__(self, dims: Dims) -> None:
         self.dims = dims
-        self.adapters: list[LoraWeights | None] = []  # slot i + 1; None: a freed slot (rows keep their slots)
-        self.inputs: dict[str, np.ndarray] = {}
+        self.adapters: list[Slot | None] = []  # slot i + 1; None: a freed slot (rows keep their slots)
+        self.stacked: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # A (S*R, in), B (S*R, out)
         self.ranks: dict[tuple[int, str], int] = {}  # (layer, projection) -> R
+        self._gathered: OrderedDict[tuple[int, ...], dict[str, np.ndarray]] = OrderedDict()
 
     def slot(self, name: str | None) -> int:
         """The slot rows of this adapter use (0: the base)."""
@@ -144,50 +161,98 @@ class LoraTable:
 
     def projections(self) -> set[tuple[int, str, str]]:
         """(layer, block, graph projection) that some loaded adapter changes."""
-        loaded = [a for a in self.adapters if a is not None]
-        return {(layer, PROJECTIONS[m][0], PROJECTIONS[m][1]) for a in loaded for layer, m in a.weights}
+        return {b for a in self.adapters if a is not None for b in a.blocks}
 
     def add(self, adapter: LoraWeights) -> None:
-        """Take an adapter into the first free slot and rebuild the stacked inputs."""
+        """Take an adapter into the first free slot and stack its weights beside the others'."""
+        blocks = {(layer, PROJECTIONS[m][0], PROJECTIONS[m][1]) for layer, m in adapter.weights}
+        matrices = {(layer, proj): self._slot_matrices(adapter, layer, proj) for layer, _, proj in blocks}
+        entry = Slot(adapter.name, {key: a.shape[1] for key, (a, _) in matrices.items()}, blocks)
         free = next((i for i, a in enumerate(self.adapters) if a is None), None)
         if free is None:
-            self.adapters.append(adapter)
+            free = len(self.adapters)
+            self.adapters.append(entry)
         else:
-            self.adapters[free] = adapter
-        self._stack()
+            self.adapters[free] = entry
+        self._stack({free: matrices})
 
     def remove(self, name: str) -> None:
         """Free an adapter's slot (other adapters keep theirs: running rows hold slot numbers)."""
         self.adapters[self.slot(name) - 1] = None
         while self.adapters and self.adapters[-1] is None:
             self.adapters.pop()
-        self._stack()
+        self._stack({})
 
-    def _stack(self) -> None:
-        inputs, ranks, slots = {}, {}, len(self.adapters)
+    def _stack(self, new: dict[int, dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]]) -> None:
+        """Lay the slots out again at each projection's largest rank: new adapters from ``new``
+        (slot index -> (in, r) and (r, out) per projection), the others from the old stack."""
+        old, old_ranks = self.stacked, self.ranks
+        stacked, ranks, count = {}, {}, len(self.adapters)
         for layer, _block, proj in sorted(self.projections()):
-            per_slot = [self._slot_matrices(a, layer, proj) if a else (None, None) for a in self.adapters]
-            width_in, width_out = next((a.shape[0], b.shape[1]) for a, b in per_slot if a is not None)
-            rank = max(a.shape[1] for a, _ in per_slot if a is not None)
-            stacked_a = np.zeros((width_in, slots * rank), np.float32)
-            stacked_b = np.zeros((slots * rank, width_out), np.float32)
-            for i, (a, b) in enumerate(per_slot):
-                if a is not None:
-                    stacked_a[:, i * rank : i * rank + a.shape[1]] = a
-                    stacked_b[i * rank : i * rank + b.shape[0]] = b
-            inputs[input_name(layer, proj, "A")], inputs[input_name(layer, proj, "B")] = stacked_a, stacked_b
-            ranks[(layer, proj)] = rank
-        self.inputs, self.ranks = inputs, ranks
+            key = (layer, proj)
+            rank = max(a.ranks[key] for a in self.adapters if a is not None and key in a.ranks)
+            some = next(m[key] for m in new.values() if key in m) if key not in old else None
+            width_in, width_out = (
+                (some[0].shape[0], some[1].shape[1]) if some else (old[key][0].shape[1], old[key][1].shape[1])
+            )
+            stacked_a = np.zeros((count * rank, width_in), np.float32)
+            stacked_b = np.zeros((count * rank, width_out), np.float32)
+            for i, a in enumerate(self.adapters):
+                if a is None or key not in a.ranks:
+                    continue
+                r, at = a.ranks[key], slice(i * rank, i * rank + a.ranks[key])
+                if i in new:
+                    stacked_a[at], stacked_b[at] = new[i][key][0].T, new[i][key][1]
+                else:
+                    was = slice(i * old_ranks[key], i * old_ranks[key] + r)
+                    stacked_a[at], stacked_b[at] = old[key][0][was], old[key][1][was]
+            stacked[key] = stacked_a, stacked_b
+            ranks[key] = rank
+        self.stacked, self.ranks = stacked, ranks
+        self._gathered.clear()
 
-    def masks(self, slots: np.ndarray) -> dict[str, np.ndarray]:
-        """Per distinct rank R, each row's mask (B, 1, S*R): ones over its adapter's columns."""
-        count, out = len(self.adapters), {}
+    def feed(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The LoRA inputs of a run whose rows use these slots: A and B of the adapters present, and masks.
+
+        Args:
+            slots: each row's slot (0: the base).
+
+        Returns:
+            Per adapted projection its A and B over the K adapters present (K = 0 for base rows
+            only), and per distinct rank R the rows' masks (B, 1, K*R).
+        """
+        present = tuple(sorted({int(s) for s in slots if s}))
+        weights = self._weights(present)
+        column = {slot: k for k, slot in enumerate(present)}
+        masks = {}
         for rank in sorted(set(self.ranks.values())):
-            mask = np.zeros((len(slots), 1, count * rank), np.float32)
+            mask = np.zeros((len(slots), 1, len(present) * rank), np.float32)
             for row, slot in enumerate(slots):
                 if slot:
-                    mask[row, 0, (slot - 1) * rank : slot * rank] = 1.0
-            out[MASK.format(rank)] = mask
+                    mask[row, 0, column[int(slot)] * rank : (column[int(slot)] + 1) * rank] = 1.0
+            masks[MASK.format(rank)] = mask
+        return {**weights, **masks}
+
+    def _weights(self, present: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """A and B over these slots: views of the stack when the slots are contiguous, else gathered copies."""
+        contiguous = not present or present == tuple(range(present[0], present[-1] + 1))
+        if not contiguous and present in self._gathered:
+            self._gathered.move_to_end(present)
+            return self._gathered[present]
+        out = {}
+        for (layer, proj), (a, b) in self.stacked.items():
+            rank = self.ranks[(layer, proj)]
+            if contiguous:
+                rows = slice((present[0] - 1) * rank, present[-1] * rank) if present else slice(0, 0)
+                part_a, part_b = a[rows], b[rows]
+            else:
+                index = np.concatenate([np.arange((s - 1) * rank, s * rank) for s in present])
+                part_a, part_b = a[index], b[index]
+            out[input_name(layer, proj, "A")], out[input_name(layer, proj, "B")] = part_a, part_b
+        if not contiguous:
+            self._gathered[present] = out
+            while len(self._gathered) > self.gathered_kept:
+                self._gathered.popitem(last=False)
         return out
 
     def _slot_matrices(self, adapter: LoraWeights, layer: int, proj: str):
@@ -242,11 +307,13 @@ def add_lora(model, projections: set[tuple[int, str, str]], ranks: dict[tuple[in
             raise ValueError(f"the graph has no {prefix}MatMul node to adapt")
         x, y = node.input[0], node.output[0]
         a_in, b_in, mask = input_name(layer, proj, "A"), input_name(layer, proj, "B"), MASK.format(ranks[(layer, proj)])
-        graph.input.append(helper.make_tensor_value_info(a_in, TensorProto.FLOAT, [None, None]))
+        graph.input.append(helper.make_tensor_value_info(a_in, TensorProto.FLOAT, [None, None]))  # (K*R, in)
         graph.input.append(helper.make_tensor_value_info(b_in, TensorProto.FLOAT, [None, None]))
         name = f"{prefix}lora"
         new = [
-            helper.make_node("MatMul", [x, a_in], [f"{name}/xA"], name=f"{name}/MatMulA"),  # (B, T, S*R)
+            helper.make_node(  # x @ A^T: (B, T, K*R); A stored (K*R, in) so that a run of slots is a view
+                "FusedMatMul", [x, a_in], [f"{name}/xA"], name=f"{name}/MatMulA", domain="com.microsoft", transB=1
+            ),
             helper.make_node("Mul", [f"{name}/xA", mask], [f"{name}/masked"], name=f"{name}/Mask"),  # own slot only
             helper.make_node("MatMul", [f"{name}/masked", b_in], [f"{name}/delta"], name=f"{name}/MatMulB"),
             helper.make_node("Add", [y, f"{name}/delta"], [f"{name}/output"], name=f"{name}/Add"),
