@@ -34,13 +34,16 @@ echo "Q: A patient's chart says 'PRN'. What does that mean?   (clinical-legal: t
 echo "Q: Explain briefly what 'habeas corpus' means in law.   (smollm2-int4 + the clinical-legal adapter, unmerged, streamed)"
 "$BIN/enclave" client stream "Explain briefly what 'habeas corpus' means in law." --chat --model smollm2-int4 --adapter clinical-legal --max-tokens 48 "${T[@]}"
 echo "-- four requests at once on smollm2-int4, two with the adapter and two without: one batch, one step per token --"
-for a in clinical-legal "" clinical-legal ""; do
-  "$BIN/enclave" client generate "What does 'stat' mean on a medication order?" --chat --model smollm2-int4 \
-    --adapter "$a" --max-tokens 32 "${T[@]}" >"$SECRETS/mixed-${a:-base}-$RANDOM.txt" 2>&1 &
-done
-wait $(jobs -p | grep -v "^$PID$")
-head -n 2 "$SECRETS"/mixed-clinical-legal-*.txt | head -n 3 | sed 's/^/  adapter: /'
-head -n 2 "$SECRETS"/mixed-base-*.txt | head -n 3 | sed 's/^/  base:    /'
+ENCLAVE_TOKEN="$TOKEN" "$BIN/python" - "localhost:$PORT" "$SECRETS/tls/ca.pem" <<'PY'
+import concurrent.futures as cf, os, sys
+from enclave.grpc_client import Client
+q = "A patient's chart says 'PRN'. What does that mean?"
+with Client(sys.argv[1], token=os.environ["ENCLAVE_TOKEN"], ca=sys.argv[2]) as c, cf.ThreadPoolExecutor(4) as pool:
+    asks = ["clinical-legal", "", "clinical-legal", ""]
+    answers = pool.map(lambda a: c.generate(q, chat=True, model="smollm2-int4", adapter=a, max_tokens=48), asks)
+    for adapter, r in zip(asks, answers):
+        print(f"  {adapter or 'base':15s} {r.text.strip().splitlines()[0][:100]}")
+PY
 POLICY="You answer questions from the nursing staff of a hospital ward. Answer in one or two sentences, \
 in plain words, and say when the answer depends on the patient's chart or on a physician's order. \
 Never guess a dose. Abbreviations are the ones of the hospital's medication policy: BID twice a day, \

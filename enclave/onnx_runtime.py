@@ -56,7 +56,10 @@ class LogitsSession:
             self.session = onnx_graph.session_from_graph(graph, root, opts, ["CPUExecutionProvider"])
             self.lora_inputs = {k: np.ascontiguousarray(v) for k, v in table.feed(np.array([1])).items()}
         self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.past = [n for n in self.inputs if n.startswith("past_key_values")]
+        names = dec["inputs"]  # key and value of each layer in turn, the order of self.present
+        self.past = [
+            names[k] % i for i in range(dec["num_hidden_layers"]) for k in ("past_key_names", "past_value_names")
+        ]
 
     def _run(self, ids: list[int], past: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits (len(ids), vocab) of ``ids`` after ``past`` (one (1, H, P, D) per past input), and the new past."""

@@ -6,6 +6,7 @@ import pytest
 
 from tests.bench import quality_speed as qs
 from tests.bench import report, workload
+from tests.bench.engine import BARS as ENGINE_BARS
 
 
 def test_stream_stats_and_percentiles():
@@ -191,3 +192,37 @@ def test_plot_writes_a_png(tmp_path):
     path = qs.plot(qs.points(r["engines"], 20.0), tmp_path / "plots" / "q.png", "test")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_render_writes_the_engine_section():
+    bars = {
+        k: {"what": what, "value": 0.5, "threshold": t, "higher": up, "met": (0.5 >= t) if up else (0.5 <= t)}
+        for k, (what, t, up) in ENGINE_BARS.items()
+    }
+    arrival = {"median_ms": 30.0, "p99_ms": 90.0, "max_ms": 120.0, "gaps_during": 900, "ttft_s": 9.5}
+    r = {
+        "date": "2026-12-02",
+        "threads": 2,
+        "adapter": {"rank": 16, "targets": 7, "file_mb": 18.7},
+        "base_1": 80.0,
+        "adapter_1": 70.0,
+        "torch_adapter_1": 6.0,
+        "base_8": 220.0,
+        "adapters_8": 160.0,
+        "prefix": {"uncached_s": 1.4, "cached_s": 0.09},
+        "arrival": arrival,
+        "arrival_unchunked": {**arrival, "p99_ms": 6000.0, "max_ms": 6000.0, "ttft_s": 6.0},
+        "rss_mb": {"no adapters": 1240.0, "10 adapters": 1490.0},
+        "adapter_files_mb": 187.0,
+        "bars": bars,
+    }
+    md = report.render(
+        "<!-- generated:header -->\n<!-- /generated:header -->\n"
+        "<!-- generated:engine -->\n<!-- /generated:engine -->\n",
+        {"engine": r},
+        {"machine": report.machine(), "versions": {}},
+    )
+    assert "rank 16 on all 7 projections, 18.7 MB" in md
+    assert "| 1 stream with an adapter / 1 stream on the base | 0.50 | >= 0.85 | **missed** |" in md
+    assert "| time to first token, 1,024-token prefix cached / not cached | 0.50 | <= 0.25 | **missed** |" in md
+    assert "90 ms / 120 ms / 9.50 s" in md and "6000 ms / 6000 ms / 6.00 s" in md

@@ -44,8 +44,12 @@ def test_an_adapter_on_an_onnx_export_scores_as_on_its_torch_base(paths, facts_f
     from tune.eval.artifact import load_for_eval
 
     without = load_for_eval(str(onnx))[0].session.logits([5, 9, 14])
-    with_it = load_for_eval(str(onnx), str(adapter))[0].session.logits([5, 9, 14])
-    assert abs(without - with_it).max() > 1e-3  # the adapter is applied
+    onnx_lm = load_for_eval(str(onnx), str(adapter))[0]
+    assert abs(without - onnx_lm.session.logits([5, 9, 14])).max() > 1e-3  # the adapter is applied
+    # greedy decoding with the KV cache gives the tokens torch + PEFT gives
+    torch_lm = load_for_eval(str(base), str(adapter))[0]
+    prompts = [[5, 9, 14, 7, 3], [30, 2, 17, 8, 11, 4]]
+    assert onnx_lm.greedy(prompts, 12, set()) == torch_lm_greedy(torch_lm, prompts, 12)
 
 
 def test_an_adapter_of_another_base_is_refused(paths, tmp_path):
@@ -61,3 +65,16 @@ def test_an_adapter_of_another_base_is_refused(paths, tmp_path):
                 shutil.copy(f, draft.path / f.name)
     with pytest.raises(EnclaveError, match="not in the lineage of"):
         load_for_eval(str(onnx), str(tmp_path / "stray"))
+
+
+def torch_lm_greedy(model, prompts, new_tokens):
+    import torch
+
+    out = []
+    for p in prompts:
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([p]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens
+            )
+        out.append(ids[0, len(p) :].tolist())
+    return out
