@@ -91,7 +91,7 @@ demo: install vllm-env
 	$(BIN)/enclave compress --recipe compress/recipes/demo.yaml
 	@echo; $(BIN)/enclave verify $(ADAPTER) $(addprefix $(STORE)/artifacts/clinical-legal-,merge onnx quantize onnx-int4 vllm)
 	@echo; echo "== 4b. The base alone at 4 bits (GPTQ, ONNX int4): the adapter runs on it unmerged, scored beside merged-then-quantized =="
-	$(BIN)/enclave compress --recipe compress/recipes/base-int4.yaml
+	$(BIN)/enclave compress --recipe compress/recipes/base-int4.yaml --no-report
 	mkdir -p $(STORE)/reports
 	$(BIN)/enclave eval $(STORE)/artifacts/smollm2-onnx-int4 --adapter $(ADAPTER) --json $(STORE)/reports/adapter-on-int4.json
 	$(BIN)/enclave eval $(STORE)/artifacts/clinical-legal-onnx-int4 --no-record --json $(STORE)/reports/merged-int4.json

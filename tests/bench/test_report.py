@@ -146,7 +146,9 @@ def test_bars_take_the_best_llama_cpp_point_at_equal_quality():
         b["streams8_vs_llama_server"]["value"] == pytest.approx(1.6)
         and b["streams8_vs_llama_server"]["against"] == "llama.cpp Q8_0"
     )
-    assert b["ttft512_vs_llama_cpp"]["value"] == pytest.approx(0.6 / 0.8) and b["ttft512_vs_llama_cpp"]["met"]
+    assert b["ttft512_vs_llama_cpp"]["value"] == pytest.approx(0.6 / 0.8) and not b["ttft512_vs_llama_cpp"]["met"]
+    assert (b["streams8_vs_llama_server"]["threshold"], b["ttft512_vs_llama_cpp"]["threshold"]) == (2.0, 0.6)
+    assert not b["streams8_vs_llama_server"]["met"]  # 1.6x: the bar is 2.0x since #18
     assert b["decode_vs_transformers"]["value"] == pytest.approx(8.0) and b["streams8_vs_own_single"][
         "value"
     ] == pytest.approx(400 / 108)
