@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,12 +300,13 @@ class OrtBatch:
     Each past/present pair is bound (IO binding) to one buffer of shape (rows, kv_heads,
     capacity, head_dim): GroupQueryAttention sees the same pointer for input and output and
     writes the new key/value at each row's own position, so a decode step copies no cache.
-    Rows and capacity grow by doubling (a long row makes every row's slot that long, as in any
-    rectangular cache); a finished row is replaced by moving the later ones up; an empty batch
-    frees the buffers.
+    Each row's slot holds the model's whole context where that fits ``reserve_bytes`` (memory is
+    committed only as tokens arrive), else capacity doubles as rows grow; rows double; a
+    finished row is replaced by moving the later ones up; an empty batch frees the buffers.
     """
 
-    initial_capacity = 256  # tokens per row at first; doubled as rows grow
+    initial_capacity = 256  # tokens per row at first where the whole context is too big to reserve
+    reserve_bytes = 256 * 2**20  # a buffer of at most this size holds every row's whole context at once
 
     def __init__(self, model: Backend) -> None:
         self.model = model
@@ -321,22 +323,34 @@ class OrtBatch:
         return len(self.lengths)
 
     def _reserve(self, rows: int, length: int) -> None:
-        """Make room for ``rows`` rows of ``length`` tokens (doubling, at most the context)."""
+        """Make room for ``rows`` rows of ``length`` tokens.
+
+        Rows double. Each row gets the model's whole context when one buffer of that size stays
+        within ``reserve_bytes``: the zeroed pages are only address space until a row's tokens
+        reach them (the kernel commits memory on first write), and no row ever outgrows its
+        slot, which would copy every row's cache while all streams wait (about 50 ms at 7 rows
+        of 256 tokens here, 8 times that at 2,048). Otherwise capacity doubles as rows grow.
+        Only the tokens rows hold are copied.
+        """
         have_rows, have_len = (self.kv[0].shape[0], self.kv[0].shape[2]) if self.kv else (0, 0)
         if rows <= have_rows and length <= have_len:
             return
+        m = self.model
+        heads, dim = m.kv
         new_rows = have_rows if rows <= have_rows else max(rows, 2 * have_rows)
-        new_len = (
-            have_len
-            if length <= have_len
-            else min(max(length, 2 * have_len, self.initial_capacity), max(length, self.model.context_length))
-        )
-        heads, dim = self.model.kv
+        whole = max(length, m.context_length)
+        if new_rows * heads * whole * dim * np.dtype(m.dtype).itemsize <= self.reserve_bytes:
+            new_len = max(have_len, whole)
+        elif length <= have_len:
+            new_len = have_len
+        else:
+            new_len = min(max(length, 2 * have_len, self.initial_capacity), whole)
+        used = min(int(self.lengths.max()), have_len) if self.rows else 0  # step counts its new token first
         grown = []
-        for old in self.kv or [None] * len(self.model.past):
-            new = np.zeros((new_rows, heads, new_len, dim), self.model.dtype)
-            if old is not None and self.rows:
-                new[: self.rows, :, :have_len] = old[: self.rows]
+        for old in self.kv or [None] * len(m.past):
+            new = _reserved_zeros((new_rows, heads, new_len, dim), m.dtype)
+            if old is not None and used:
+                new[: self.rows, :, :used] = old[: self.rows, :, :used]
             grown.append(new)
         self.kv, self.binding = grown, None
 
@@ -404,6 +418,16 @@ class OrtBatch:
             io.bind_cpu_input("position_ids", positions)
         m.session.run_with_iobinding(io)
         return self.logits[:, -1, :].copy()
+
+
+def _reserved_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed array whose pages take memory only once written: an anonymous mapping of its own
+    (numpy's zeros would ask for transparent huge pages, and the first write to a row's slot
+    would then commit 2 MiB at once)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not size:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype).reshape(shape)
 
 
 class CopyBatch:

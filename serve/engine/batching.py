@@ -37,7 +37,6 @@ log = logging.getLogger("enclave.serve.engine")
 
 
 MIN_CHUNK = 8  # prompt tokens: fewer would cost more in fixed overhead than they save in stall
-FIRST_CHUNK = 64  # beside decoding streams, before any chunk was measured
 EMA = 0.3  # weight of the newest timing in the running averages
 
 
@@ -75,7 +74,9 @@ class StepEngine:
         self.chunked = hasattr(model, "prefill_chunk")
         self.step_adapters = 0  # distinct adapters in the last decode step, for the gauges
         self.step_seconds: float | None = None  # running average of a decode step
-        self.chunk = FIRST_CHUNK  # prompt tokens per chunk beside decoding streams (sized as they run)
+        # prompt tokens per chunk beside decoding streams, sized as they run; the first is the smallest
+        # (a first guess of 64 took 3 decode steps here, and every running stream waited for it)
+        self.chunk = MIN_CHUNK
         self.batch = model.new_batch()
         self.outbox = Outbox()
         self.cv = threading.Condition()

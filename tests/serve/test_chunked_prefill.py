@@ -176,10 +176,12 @@ def test_chunks_are_sized_to_stall_decoding_streams_a_set_number_of_steps(artifa
     engine = StepEngine(model, tokenizer, SchedulerSettings(max_batched_tokens=2048, prefill_stall=1.5), "tiny")
     assert engine.chunk_tokens() == 2048  # nothing decoding: the whole budget
     engine.running = [object()]
-    assert engine.chunk_tokens() == 64  # not measured yet: a small first chunk
+    assert engine.chunk_tokens() == MIN_CHUNK  # not measured yet: the smallest chunk, grown from there
     engine.step_seconds = 0.030  # 30 ms a decode step: a chunk should take 45 ms
+    engine._resize_chunk(MIN_CHUNK, 0.005)
+    assert engine.chunk_tokens() == 2 * MIN_CHUNK  # too fast: doubled at most
     engine._resize_chunk(64, 0.020)
-    assert engine.chunk_tokens() == 128  # too fast: doubled at most
+    assert engine.chunk_tokens() == 128
     engine._resize_chunk(128, 0.060)
     assert engine.chunk_tokens() == 96  # too slow: scaled by 45 / 60
     engine._resize_chunk(96, 1.0)
@@ -213,5 +215,5 @@ def test_the_chunk_size_settles_where_a_chunk_takes_the_stall(artifact, tokenize
     )
     engine.submit(long_prompt)
     run(engine, [running, long_prompt], [])
-    assert len(sizes) >= 2 and sizes[0][0] == 64  # the first chunk, then sized ones
+    assert len(sizes) >= 2 and sizes[0][0] == MIN_CHUNK  # the first chunk, then sized ones
     assert all(MIN_CHUNK <= t <= 2048 for t, _ in sizes)
