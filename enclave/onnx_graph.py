@@ -15,6 +15,14 @@ from pathlib import Path
 SAMPLED_INDEX = "sampled_index"
 
 
+def kv_names(decoder: dict, side: str) -> list[str]:
+    """The graph's KV cache inputs (``side`` "past") or outputs ("present"), key then value of each
+    layer in turn, from genai_config.json's ``decoder`` section."""
+    names = decoder["inputs" if side == "past" else "outputs"]
+    keys = (f"{side}_key_names", f"{side}_value_names")
+    return [names[k] % i for i in range(decoder["num_hidden_layers"]) for k in keys]
+
+
 def load_graph(path: Path):
     """The decoder graph without its weights (they stay in the external data file beside it)."""
     import onnx

@@ -118,6 +118,12 @@ class Dims:
     q: int
     kv: int
 
+    @classmethod
+    def of(cls, decoder: dict) -> Dims:
+        """From genai_config.json's ``decoder`` section."""
+        head = decoder["head_size"]
+        return cls(q=decoder["num_attention_heads"] * head, kv=decoder["num_key_value_heads"] * head)
+
     def slices(self) -> list[slice]:
         """Columns of q, k and v in qkv_proj's output."""
         return [slice(0, self.q), slice(self.q, self.q + self.kv), slice(self.q + self.kv, self.q + 2 * self.kv)]

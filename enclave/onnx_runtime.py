@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from enclave import onnx_graph
 from enclave.deps import require
 
 MODEL_FILE = "model.onnx"
@@ -36,30 +37,19 @@ class LogitsSession:
             opts.intra_op_num_threads = threads
         dec = genai_config(root)["model"]["decoder"]
         self.kv_shape = (dec["num_key_value_heads"], dec["head_size"])
-        self.present = [
-            dec["outputs"][k] % i
-            for i in range(dec["num_hidden_layers"])
-            for k in ("present_key_names", "present_value_names")
-        ]
+        self.past, self.present = onnx_graph.kv_names(dec, "past"), onnx_graph.kv_names(dec, "present")
         self.lora_inputs: dict[str, np.ndarray] = {}
         if adapter is None:
             self.session = ort.InferenceSession(str(root / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
         else:
-            from enclave import onnx_graph, onnx_lora
+            from enclave import onnx_lora
 
-            head = dec["head_size"]
-            table = onnx_lora.LoraTable(
-                onnx_lora.Dims(q=dec["num_attention_heads"] * head, kv=dec["num_key_value_heads"] * head)
-            )
+            table = onnx_lora.LoraTable(onnx_lora.Dims.of(dec))
             table.add(onnx_lora.read_adapter(Path(adapter).name, Path(adapter)))
             graph = onnx_lora.add_lora(onnx_graph.load_graph(root / MODEL_FILE), table.projections(), table.ranks)
             self.session = onnx_graph.session_from_graph(graph, root, opts, ["CPUExecutionProvider"])
             self.lora_inputs = {k: np.ascontiguousarray(v) for k, v in table.feed(np.array([1])).items()}
         self.inputs = {i.name: i for i in self.session.get_inputs()}
-        names = dec["inputs"]  # key and value of each layer in turn, the order of self.present
-        self.past = [
-            names[k] % i for i in range(dec["num_hidden_layers"]) for k in ("past_key_names", "past_value_names")
-        ]
 
     def _run(self, ids: list[int], past: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits (len(ids), vocab) of ``ids`` after ``past`` (one (1, H, P, D) per past input), and the new past."""

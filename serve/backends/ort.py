@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +51,12 @@ class Backend:
         dec = cfg["decoder"]
         self.root, self.threads, self.providers = root, threads, providers(ort)
         self.graph_file = root / dec.get("filename", "model.onnx")
-        names = dec["inputs"], dec["outputs"]
-        self.logits_name = names[1]["logits"]
-        head = dec["head_size"]
-        dims = onnx_lora.Dims(q=dec["num_attention_heads"] * head, kv=dec["num_key_value_heads"] * head)
-        self.lora = onnx_lora.LoraTable(dims)
+        self.logits_name = dec["outputs"]["logits"]
+        self.lora = onnx_lora.LoraTable(onnx_lora.Dims.of(dec))
         self.generation = 0  # bumped when the session or the adapters' inputs change: batches rebind
         self._build()
         self.layers = dec["num_hidden_layers"]
-        self.past = [names[0][k] % i for i in range(self.layers) for k in ("past_key_names", "past_value_names")]
-        self.present = [
-            names[1][k] % i for i in range(self.layers) for k in ("present_key_names", "present_value_names")
-        ]
+        self.past, self.present = onnx_graph.kv_names(dec, "past"), onnx_graph.kv_names(dec, "present")
         meta = {i.name: i for i in self.session.get_inputs()}
         self.dtype = np.float16 if "float16" in meta[self.past[0]].type else np.float32
         self.kv = (dec["num_key_value_heads"], dec["head_size"])
@@ -203,26 +197,37 @@ class Backend:
         return out
 
     def _run_in_place(self, p: Pending, n: int) -> np.ndarray:
-        """The next ``n`` tokens of one prompt, its KV buffers bound as past and present (written in place)."""
-        io = self.session.io_binding()
-        shape = p.kv[0].shape
-        for past, present, buf in zip(self.past, self.present, p.kv):
-            io.bind_input(past, "cpu", 0, self.dtype, shape, buf.ctypes.data)
-            io.bind_output(present, "cpu", 0, self.dtype, shape, buf.ctypes.data)
+        """The next ``n`` tokens of one prompt, its KV buffers bound as past and present (written in
+        place); the binding is made once per prompt (and session or adapters), each chunk rebinds
+        only its token ids, mask and positions."""
+        if p.binding is None or p.generation != self.generation:
+            p.binding, p.generation = self._bind_prompt(p), self.generation
+        io = p.binding
         feed = {  # bound by address: these arrays must live until the run returns
             "input_ids": np.array([p.ids[p.done : p.done + n]], np.int64),
             "attention_mask": np.ones((1, p.done + n), np.int64),
             onnx_graph.SAMPLED_INDEX: np.array([n - 1], np.int64),
-            **{k: np.ascontiguousarray(v) for k, v in self.lora_feed(np.array([p.slot], np.int64)).items()},
         }
         if self.position_ids:
             feed["position_ids"] = np.arange(p.done, p.done + n, dtype=np.int64)[None]
         for name, array in feed.items():
             io.bind_cpu_input(name, array)
-        logits = np.zeros((1, 1, self.vocab), np.float32)
-        io.bind_output(self.logits_name, "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
         self.session.run_with_iobinding(io)
-        return logits[:, 0, :]
+        return p.held["logits"][:, 0, :].copy()
+
+    def _bind_prompt(self, p: Pending):
+        """An io_binding of a prompt's KV buffers, its adapter's inputs and a logits buffer (kept in ``p.held``)."""
+        io = self.session.io_binding()
+        shape = p.kv[0].shape
+        for past, present, buf in zip(self.past, self.present, p.kv):
+            io.bind_input(past, "cpu", 0, self.dtype, shape, buf.ctypes.data)
+            io.bind_output(present, "cpu", 0, self.dtype, shape, buf.ctypes.data)
+        p.held = {k: np.ascontiguousarray(v) for k, v in self.lora_feed(np.array([p.slot], np.int64)).items()}
+        for name, array in p.held.items():
+            io.bind_cpu_input(name, array)
+        p.held["logits"] = np.zeros((1, 1, self.vocab), np.float32)
+        io.bind_output(self.logits_name, "cpu", 0, np.float32, p.held["logits"].shape, p.held["logits"].ctypes.data)
+        return io
 
     def new_batch(self) -> OrtBatch | CopyBatch:
         on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
@@ -287,6 +292,9 @@ class Pending:
     done: int
     kv: list[np.ndarray]
     bound: bool = False  # kv holds the whole prompt's length, written in place (CPU)
+    binding: object = None  # its io_binding while bound (``Backend._bind_prompt``)
+    generation: int = -1  # the model's generation the binding was made for
+    held: dict = field(default_factory=dict)  # arrays the binding reads and writes by address
 
     @property
     def remaining(self) -> int:
