@@ -88,6 +88,9 @@ class Client:
         stop: tuple[str, ...] = (),
         seed: int | None = None,
         min_tokens: int = 0,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_p: float | None = None,
     ) -> pb.GenerateRequest:
         """A GenerateRequest.
 
@@ -99,6 +102,9 @@ class Client:
             ("top_p", top_p),
             ("repetition_penalty", repetition_penalty),
             ("seed", seed),
+            ("presence_penalty", presence_penalty),
+            ("frequency_penalty", frequency_penalty),
+            ("min_p", min_p),
         ):
             if value is not None:
                 setattr(sampling, name, value)

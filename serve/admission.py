@@ -18,7 +18,7 @@ from serve.audit import Audit
 from serve.auth import Caller
 from serve.call import Call
 from serve.config import ServeConfig
-from serve.errors import ResourceExhausted, ServeError
+from serve.errors import OutOfRange, ServeError
 from serve.gate import Gate
 from serve.job import Job
 from serve.metrics import Metrics
@@ -126,7 +126,7 @@ class Admission:
         finally:
             self.gate.leave(caller)
         if len(ids) > most:
-            raise ResourceExhausted(f"text: {len(ids)} tokens; this server tokenizes at most {most}")
+            raise OutOfRange(f"text: {len(ids)} tokens; this server tokenizes at most {most}")
         return served, ids
 
     def reader(self, context) -> Caller:

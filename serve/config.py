@@ -36,9 +36,11 @@ class LimitSettings(StrictConfig):
     default_new_tokens: int = Field(256, ge=1)
     """max_tokens when a request leaves it 0."""
     max_message_bytes: int = Field(4 << 20, ge=1024)
-    """Largest gRPC message accepted."""
+    """Largest gRPC message (and HTTP request body) accepted."""
     max_streams_per_token: int = Field(16, ge=1)
     """Concurrent calls per bearer token (or per client address, without auth), Tokenize and CountTokens included."""
+    max_choices: int = Field(4, ge=1)
+    """Most choices (`n`) one OpenAI API request may ask for; each holds one of the caller's calls."""
 
     @model_validator(mode="after")
     def _default_fits(self) -> LimitSettings:
@@ -116,6 +118,10 @@ class ServeConfig(StrictConfig):
     exported as enclave_insecure_mode 1). Only for a network that nothing else can reach."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port (0: pick a free one and log it)."""
+    http_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models) on
+    the same host, with the same TLS files, tokens, limits and engines as gRPC (0: pick a free
+    one); empty: no HTTP API."""
     metrics_port: int | None = Field(9464, ge=0, le=65535)
     """Prometheus /metrics port (empty: no metrics endpoint)."""
     metrics_host: str = "127.0.0.1"

@@ -56,3 +56,9 @@ class DeadlineExceeded(ServeError):
 
 class FailedPrecondition(ServeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class OutOfRange(ServeError):
+    """The request is over a per-request limit (its prompt is too long): retrying it cannot help."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE

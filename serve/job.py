@@ -24,6 +24,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     min_tokens: int = 0  # the end-of-sequence token is banned until this many are generated
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token generated so far
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated so far
+    min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped (after temperature)
 
 
 @dataclass

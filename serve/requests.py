@@ -11,7 +11,7 @@ import weakref
 
 from enclave.v1 import inference_pb2 as pb
 from serve.config import LimitSettings
-from serve.errors import InvalidArgument, ResourceExhausted
+from serve.errors import InvalidArgument, OutOfRange
 from serve.job import Sampling
 
 ROLES = ("system", "user", "assistant")
@@ -83,7 +83,7 @@ def check_bytes(request, tokenizer, most_tokens: int, text_field: str = "prompt"
     size, per_token = input_chars(request, text_field), max_token_bytes(tokenizer)
     if size > most_tokens * per_token:
         field = "chat.messages" if request.WhichOneof("input") == "chat" else text_field
-        raise ResourceExhausted(
+        raise OutOfRange(
             f"{field}: {size} characters cannot fit in {most_tokens} tokens (this server's limit, "
             f"limits.max_prompt_tokens; no token is longer than {per_token} bytes); shorten it"
         )
@@ -91,8 +91,8 @@ def check_bytes(request, tokenizer, most_tokens: int, text_field: str = "prompt"
 
 def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
     max_tokens = p.max_tokens or limits.default_new_tokens
-    if max_tokens > limits.max_new_tokens:
-        raise ResourceExhausted(
+    if max_tokens > limits.max_new_tokens:  # the request's own limit: INVALID_ARGUMENT, which clients do not retry
+        raise InvalidArgument(
             f"sampling.max_tokens: {max_tokens} is over this server's limit of {limits.max_new_tokens} "
             "(limits.max_new_tokens)"
         )
@@ -112,6 +112,15 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
             f"sampling.min_tokens: {p.min_tokens} is above sampling.max_tokens ({max_tokens}); "
             "lower it or raise max_tokens"
         )
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(p, name) if p.HasField(name) else 0.0
+        if not -2.0 <= value <= 2.0:  # NaN fails it too
+            raise InvalidArgument(f"sampling.{name}: {value} is outside -2 to 2 (0 turns it off)")
+        penalties[name] = float(value)
+    min_p = p.min_p if p.HasField("min_p") else 0.0
+    if not 0.0 <= min_p <= 1.0:
+        raise InvalidArgument(f"sampling.min_p: {min_p} is outside 0 to 1 (0 turns it off)")
     for i, s in enumerate(p.stop):
         if not s or len(s) > MAX_STOP_CHARS:
             raise InvalidArgument(f"sampling.stop[{i}]: must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
@@ -124,12 +133,14 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         stop=tuple(p.stop),
         seed=p.seed if p.HasField("seed") else None,
         min_tokens=int(p.min_tokens),
+        min_p=float(min_p),
+        **penalties,
     )
 
 
 def check_prompt(ids: list[int], context_length: int, limits: LimitSettings) -> None:
     if len(ids) > limits.max_prompt_tokens:
-        raise ResourceExhausted(
+        raise OutOfRange(
             f"prompt: {len(ids)} tokens is over this server's limit of {limits.max_prompt_tokens} "
             "(limits.max_prompt_tokens)"
         )

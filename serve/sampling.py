@@ -1,8 +1,8 @@
 """Choosing the next token from logits, per request, in numpy (every backend shares it).
 
-Order as in transformers' logits processors: repetition penalty, temperature, top-k, top-p.
-Each request has its own random generator, so a seed gives the same output whatever else
-shares the batch.
+Order as in vLLM's sampler: the penalties (repetition over prompt and output, CTRL's; presence
+and frequency over the output, OpenAI's), temperature, top-k, min-p, top-p. Each request has its
+own random generator, so a seed gives the same output whatever else shares the batch.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from serve.job import Sampling
 class Sampler:
     """Picks tokens for one request."""
 
-    def __init__(self, params: Sampling) -> None:
+    def __init__(self, params: Sampling, prompt_length: int = 0) -> None:
         self.params = params
+        self.prompt_length = prompt_length  # ``seen`` starts with the prompt: its output follows
         self.rng = np.random.default_rng(params.seed)
+        self.penalized = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
 
     def __call__(self, logits: np.ndarray, seen, banned=()) -> int:
         """The next token, given this row's logits (V,), the ids seen so far (prompt + generated)
         and ids that may not come next (end-of-sequence before ``min_tokens``)."""
         p = self.params
-        if p.temperature < 1e-5 and p.repetition_penalty == 1.0:  # greedy: no copy unless a ban hits
+        if p.temperature < 1e-5 and not self.penalized:  # greedy: no copy unless a ban hits
             best = int(np.argmax(logits))
             if best not in banned:
                 return best
@@ -35,6 +37,9 @@ class Sampler:
             ids = np.unique(np.asarray(seen))
             vals = logits[ids]
             logits[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and len(seen) > self.prompt_length:
+            ids, counts = np.unique(np.asarray(seen[self.prompt_length :]), return_counts=True)
+            logits[ids] -= p.presence_penalty + p.frequency_penalty * counts
         if p.temperature < 1e-5:  # 0 is greedy; a smaller positive one is greedy in all but overflow
             return int(np.argmax(logits))
         logits /= p.temperature
@@ -43,6 +48,9 @@ class Sampler:
             logits[logits < kth] = -np.inf
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
+        if p.min_p > 0.0:
+            probs[probs < p.min_p * probs.max()] = 0.0
+            probs /= probs.sum()
         if p.top_p < 1.0:
             order = np.argsort(-probs, kind="stable")
             cum = np.cumsum(probs[order])

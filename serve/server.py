@@ -102,6 +102,8 @@ class Server:
             ) from None
         self.metrics_port: int | None = None
         self.probe, self.health_port = self._probe_server(cfg)
+        self.http = self._http_server(cfg)
+        self.http_port = self.http.port if self.http is not None else None
         self.tasks: list[asyncio.Task] = []
 
     def _reloaded(self, what: str, result: str) -> None:
@@ -114,11 +116,19 @@ class Server:
             self._reloaded("tokens", "ok" if self.gate.reload(force=True) else "error")
         if self.tls is not None:
             self.tls.reload()
+        if self.http is not None:
+            result = self.http.reload_tls()
+            if result is not None:
+                self._reloaded("tls_http", result)
 
     async def _watch_credentials(self) -> None:
-        """Reload the tokens file when it changes (TLS files are checked at each handshake)."""
+        """Reload the tokens file when it changes (gRPC checks its TLS files at each handshake, the
+        HTTP listener here when they change)."""
         while True:
             await asyncio.sleep(self.cfg.watch_seconds)
+            result = self.http.reload_tls(force=False) if self.http is not None else None
+            if result is not None:
+                self._reloaded("tls_http", result)
             stamp = self.gate.stamp
             if self.gate.reload():
                 self._reloaded("tokens", "ok")
@@ -135,6 +145,16 @@ class Server:
                 "TLS" if self.tls is None else "tokens",
             )
             await asyncio.sleep(INSECURE_WARNING_SECONDS)
+
+    def _http_server(self, cfg: ServeConfig):
+        """The OpenAI-compatible HTTP API on ``http_port``, over the same admission (None without one)."""
+        if cfg.http_port is None:
+            return None
+        from serve.openai.app import OpenAIApi
+        from serve.openai.server import HttpServer
+
+        api = OpenAIApi(self.admission, self.models, cfg.limits.max_message_bytes, cfg.limits.max_choices)
+        return HttpServer(cfg, api.app())
 
     def _probe_server(self, cfg: ServeConfig):
         """The health-only plaintext server for probes (it carries no model traffic and no data)."""
@@ -162,6 +182,8 @@ class Server:
         await self.grpc.start()
         if self.probe is not None:
             await self.probe.start()
+        if self.http is not None:
+            await self.http.start()
         if self.cfg.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve(
@@ -177,12 +199,13 @@ class Server:
                 ) from None
         scheme = "TLS" if self.tls else "plaintext"
         log.info(
-            "listening on %s:%d (%s%s, %s); metrics on %s:%s/metrics",
+            "listening on %s:%d (%s%s, %s)%s; metrics on %s:%s/metrics",
             self.cfg.host,
             self.port,
             scheme,
             ", client certificates required" if self.cfg.tls.client_ca else "",
             "tokens required" if self.gate.tokens else "no tokens: no admin",
+            f", OpenAI-compatible HTTP API on port {self.http_port}" if self.http is not None else "",
             self.cfg.metrics_host,
             self.metrics_port,
         )
@@ -205,7 +228,7 @@ class Server:
         log.info("draining: %d requests in flight, up to %.0f s", busy, grace)
         for task in self.tasks:
             task.cancel()
-        await self.grpc.stop(grace)
+        await asyncio.gather(self.grpc.stop(grace), *([self.http.stop(grace)] if self.http is not None else []))
         if self.probe is not None:
             await self.probe.stop(0)
         self.admission.close()
@@ -248,6 +271,8 @@ async def serve(cfg: ServeConfig) -> int:
         await server.grpc.stop(0)
         if server.probe is not None:
             await server.probe.stop(0)
+        if server.http is not None:
+            await server.http.stop(0)
         server.metrics.close()
         raise starting.exception()
     if not starting.done():  # stopped while loading
@@ -255,8 +280,9 @@ async def serve(cfg: ServeConfig) -> int:
         await server.stop(0)
         return 0
     probe = f", health on port {server.health_port}" if server.health_port else ""
+    http = f", OpenAI API on port {server.http_port}" if server.http is not None else ""
     print(
-        f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}{probe}",
+        f"enclave serve: listening on {cfg.host}:{server.port}, metrics on port {server.metrics_port}{probe}{http}",
         flush=True,
     )
     await stopping

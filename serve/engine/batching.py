@@ -285,7 +285,8 @@ class StepEngine:
 
     def _join(self, job: Job, logits: np.ndarray, row) -> None:
         """A prompt is done: sample its first token, and decode it with the batch unless that ended it."""
-        seq = _Seq(job, Sampler(job.sampling), Tracker(job, self.tokenizer, self.model.context_length))
+        tracker = Tracker(job, self.tokenizer, self.model.context_length)
+        seq = _Seq(job, Sampler(job.sampling, len(job.prompt_ids)), tracker)
         if self._advance(seq, logits):
             self.batch.add(row)
             self.running.append(seq)

@@ -78,7 +78,7 @@ def test_dockerfile_commands_exist_in_the_cli(name):
     copied = {dest: src for *srcs, dest in copies for src in srcs}
     cfg = serve_config((ROOT / copied[config_path]).read_text())
     exposed = {int(p) for e in get("EXPOSE") for p in e.split()}
-    assert {cfg.port, cfg.metrics_port} <= exposed
+    assert {cfg.port, cfg.http_port, cfg.metrics_port} <= exposed
     assert check[check.index("--target") + 1] == f"127.0.0.1:{cfg.health_port}", "the health check asks the probe port"
 
 
@@ -156,7 +156,7 @@ def test_kustomization_and_deployment_agree_with_the_server(exported):
     container = pod["containers"][0]
     assert_cli(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": cfg.port, "metrics": cfg.metrics_port, "health": cfg.health_port}
+    assert ports == {"grpc": cfg.port, "http": cfg.http_port, "metrics": cfg.metrics_port, "health": cfg.health_port}
     assert container["readinessProbe"]["grpc"] == {"port": cfg.health_port}
     assert container["livenessProbe"]["grpc"] == {"port": cfg.health_port, "service": "liveness"}
     assert pod["terminationGracePeriodSeconds"] > cfg.grace_seconds

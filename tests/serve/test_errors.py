@@ -1,5 +1,6 @@
-"""Bad input: every invalid field is INVALID_ARGUMENT naming it, limits are RESOURCE_EXHAUSTED, and
-the server keeps serving."""
+"""Bad input: every invalid field is INVALID_ARGUMENT naming it, a request over a per-request limit
+is INVALID_ARGUMENT or OUT_OF_RANGE (not RESOURCE_EXHAUSTED, which clients retry), and the server
+keeps serving."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from tests.serve.conftest import status_of as _code
         ({"stop": tuple("abcdefghijklmnopq")}, "sampling.stop"),
         ({"request_id": "r" * 129}, "request_id"),
         ({"max_tokens": 4, "min_tokens": 5}, "sampling.min_tokens"),
+        ({"presence_penalty": 2.5}, "sampling.presence_penalty"),
+        ({"frequency_penalty": float("nan")}, "sampling.frequency_penalty"),
+        ({"min_p": 1.5}, "sampling.min_p"),
     ],
 )
 def test_invalid_fields_are_named(client, kwargs, field):
@@ -57,6 +61,7 @@ def test_extreme_sampling_values_are_served(client):
         {"repetition_penalty": 1e30},
         {"seed": 2**64 - 1, "temperature": 1.0},
         {"top_p": 1e-9, "temperature": 1.0},
+        {"presence_penalty": -2.0, "frequency_penalty": 2.0, "min_p": 1.0, "temperature": 1.0},
     ):
         reply = client.generate("The court", max_tokens=3, **kwargs)
         assert reply.usage.completion_tokens == 3 or reply.finish_reason == pb.FINISH_REASON_STOP
@@ -74,14 +79,12 @@ def test_limits(serve_repo):
     )
     with running(cfg) as server, Client(f"127.0.0.1:{server.port}") as client:
         code, details = _code(lambda: client.generate("hi", max_tokens=9))
-        assert (
-            code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("sampling.max_tokens") and "8" in details
-        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("sampling.max_tokens") and "8" in details
         code, details = _code(
             lambda: client.generate("The court granted the motion to dismiss for lack of jurisdiction.")
         )
         assert (
-            code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            code == grpc.StatusCode.OUT_OF_RANGE
             and details.startswith("prompt")
             and "limits.max_prompt_tokens" in details
         )

@@ -53,3 +53,22 @@ def test_banned_tokens_are_never_drawn_and_min_tokens_bans_eos_until_reached():
     assert tracker.banned() == (1,)
     tracker.accept(3)
     assert tracker.banned() == ()
+
+
+def test_presence_and_frequency_penalties_count_the_output_only():
+    # seen = prompt [1] + output [2, 2]: token 2 loses 0.5 + 2 * 0.3 = 1.1 -> 0.9; token 1 (prompt) keeps 3.0
+    sampler = Sampler(Sampling(max_tokens=1, presence_penalty=0.5, frequency_penalty=0.3), prompt_length=1)
+    assert sampler(np.array([1.0, 3.0, 2.0]), [1, 2, 2]) == 1
+    # output [1]: 3.0 - 2.0 = 1.0 < 2.0, so token 2 wins under a presence penalty alone
+    assert Sampler(Sampling(max_tokens=1, presence_penalty=2.0), prompt_length=1)(LOGITS, [0, 1]) == 2
+    # negative penalties favour repeating: token 4 gets -1.0 + 2.0 + 2 * 2.0 = 5.0 > 3.0
+    assert Sampler(Sampling(max_tokens=1, presence_penalty=-2.0, frequency_penalty=-2.0))(LOGITS, [4, 4]) == 4
+
+
+def test_min_p_drops_the_unlikely_tail():
+    probs = np.exp(LOGITS) / np.exp(LOGITS).sum()  # 0.63, 0.23, 0.09 ...: min_p 0.3 keeps tokens 1 and 2
+    assert probs[2] > 0.3 * probs[1] > probs[0]
+    draws = {
+        Sampler(Sampling(max_tokens=1, temperature=1.0, min_p=0.3, seed=s))(LOGITS, np.array([])) for s in range(300)
+    }
+    assert draws == {1, 2}

@@ -1,0 +1,207 @@
+"""The OpenAI-compatible HTTP API, driven by the real `openai` SDK against a real server: answers
+equal gRPC's, streams with usage, several choices, model ids with adapters, and OpenAI's errors
+with the status its clients act on."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.serve.conftest import admin_tokens, running, serve_config
+
+openai = pytest.importorskip("openai")
+
+ASK = [{"role": "user", "content": "Name a fact about the sky."}]
+
+
+@pytest.fixture(scope="module")
+def server(serve_repo, tmp_path_factory):
+    from serve.auth import add_token
+
+    path, token = admin_tokens(tmp_path_factory.mktemp("tokens"))
+    only_tiny = add_token(path, "only-tiny", "reader", models=["tiny"])
+    cfg = serve_config(
+        serve_repo,
+        http_port=0,
+        auth__tokens_file=str(path),
+        adapters={"tiny-onnx": ["facts"]},
+        limits__max_new_tokens=64,
+        limits__default_new_tokens=32,
+        limits__max_message_bytes=64 * 1024,
+    )
+    with running(cfg) as s:
+        s.token, s.only_tiny = token, only_tiny
+        yield s
+
+
+def sdk(server, token: str | None = None):
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key=token or server.token, max_retries=0, timeout=60
+    )
+
+
+def grpc_text(server, prompt, **kwargs) -> str:
+    from enclave.grpc_client import Client
+
+    with Client(f"127.0.0.1:{server.port}", timeout=60, token=server.token) as c:
+        return c.generate(prompt, **kwargs).text
+
+
+def test_chat_answer_equals_grpc_and_counts_usage(server):
+    answer = sdk(server).chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=12, temperature=0)
+    choice = answer.choices[0]
+    assert answer.object == "chat.completion" and answer.model == "tiny-onnx" and answer.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    expected = grpc_text(server, ASK, model="tiny-onnx", max_tokens=12, temperature=0.0)
+    assert choice.message.content == expected
+    assert answer.usage.completion_tokens > 0 and answer.usage.total_tokens == (
+        answer.usage.prompt_tokens + answer.usage.completion_tokens
+    )
+
+
+def test_text_completion_and_an_adapter_as_its_own_model(server):
+    client = sdk(server)
+    base = client.completions.create(model="tiny-onnx", prompt="The sky is", max_tokens=10, temperature=0)
+    tuned = client.completions.create(model="facts", prompt="The sky is", max_tokens=10, temperature=0)
+    assert base.object == "text_completion" and tuned.model == "facts"
+    assert base.choices[0].text == grpc_text(server, "The sky is", model="tiny-onnx", max_tokens=10)
+    assert tuned.choices[0].text == grpc_text(server, "The sky is", model="tiny-onnx", adapter="facts", max_tokens=10)
+
+
+def test_stream_gives_the_same_text_then_usage(server):
+    client = sdk(server)
+    whole = client.chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=16, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-onnx",
+            messages=ASK,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_several_choices_with_a_seed(server):
+    answer = sdk(server).chat.completions.create(
+        model="tiny-onnx", messages=ASK, max_tokens=8, temperature=1.0, n=2, seed=7
+    )
+    assert [c.index for c in answer.choices] == [0, 1]
+    again = sdk(server).chat.completions.create(
+        model="tiny-onnx", messages=ASK, max_tokens=8, temperature=1.0, n=2, seed=7
+    )
+    assert [c.message.content for c in again.choices] == [c.message.content for c in answer.choices]
+    assert answer.usage.completion_tokens >= 2  # both choices counted, the prompt once
+
+
+def test_models_lists_models_and_adapters(server):
+    ids = {m.id: m for m in sdk(server).models.list().data}
+    assert {"tiny", "tiny-onnx", "facts"} <= set(ids)
+    assert ids["facts"].model_extra["parent"] == "tiny-onnx"
+
+
+def test_errors_have_openai_shape_and_status(server):
+    client = sdk(server)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=ASK)
+    assert e.value.body["param"] == "model" and "tiny-onnx" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-onnx", messages=ASK, temperature="hot")
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:  # a per-request limit: not retried as 429 would be
+        client.chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=10_000)
+    assert e.value.body["param"] == "max_tokens" or "max_tokens" in e.value.body["message"]
+    with pytest.raises(openai.AuthenticationError):
+        sdk(server, token="not-a-token").chat.completions.create(model="tiny-onnx", messages=ASK)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(server, token=server.only_tiny).chat.completions.create(model="tiny-onnx", messages=ASK)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-onnx", messages=[{"role": "tool", "content": "x"}])
+    assert e.value.body["param"] == "messages[0].role"
+
+
+def test_unknown_fields_are_ignored_and_oversized_bodies_refused(server):
+    url = f"http://127.0.0.1:{server.http_port}/v1/chat/completions"
+
+    def post(body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            url, body, {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    status, answer = post(
+        json.dumps({"model": "tiny-onnx", "messages": ASK, "max_tokens": 4, "some_new_field": {"x": 1}}).encode()
+    )
+    assert status == 200 and answer["choices"][0]["message"]["role"] == "assistant"
+    status, answer = post(json.dumps({"model": "tiny-onnx", "messages": ASK, "pad": "x" * 70_000}).encode())
+    assert status == 400 and "limits.max_message_bytes" in answer["error"]["message"]
+    status, answer = post(b"{not json")
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+
+
+def test_http_calls_are_counted_and_audited_like_grpc(server):
+    from prometheus_client import generate_latest
+
+    def count() -> float:
+        for line in generate_latest(server.metrics.registry).decode().splitlines():
+            if line.startswith('enclave_requests_total{adapter="",code="OK",model="tiny-onnx"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count()
+    sdk(server).completions.create(model="tiny-onnx", prompt="Hello", max_tokens=3)
+    assert count() == before + 1
+
+
+def test_https_with_the_servers_certificate_and_rotation(serve_repo, tmp_path):
+    """The HTTP listener speaks TLS with the gRPC port's files and takes rotated ones without a restart."""
+    import shutil
+    import ssl
+    import time
+
+    from serve.certs import create_certificates
+
+    old = create_certificates(tmp_path / "old", ["localhost"])
+    new = create_certificates(tmp_path / "new", ["localhost"])
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(old.cert, live / "server.pem")
+    shutil.copy(old.key, live / "server.key")
+    cfg = serve_config(serve_repo, http_port=0, tls__cert=str(live / "server.pem"), tls__key=str(live / "server.key"))
+    with running(cfg) as server:
+        url = f"https://localhost:{server.http_port}/v1/models"
+
+        def models(ca) -> list[str]:
+            context = ssl.create_default_context(cafile=str(ca))
+            with urllib.request.urlopen(url, context=context, timeout=10) as r:
+                return [m["id"] for m in json.load(r)["data"]]
+
+        assert "tiny-onnx" in models(old.ca)
+        with pytest.raises(OSError):  # plain HTTP to the TLS port: the connection is closed
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10)
+        shutil.copy(new.key, live / "server.key")
+        shutil.copy(new.cert, live / "server.pem")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert "tiny-onnx" in models(new.ca)
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the rotated certificate was not taken"
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.URLError):
+            models(old.ca)
