@@ -101,7 +101,7 @@ class Admission:
             else "unknown"
         )
         labels = (model if served is not None else "unknown", adapter if served is not None else "")
-        self.metrics.requests.labels(*labels, exc.code.name).inc()
+        self.metrics.requests.labels(*labels, exc.code.name, "").inc()
         trusted = caller is not None and caller.authenticated
         self.gate.audit_refusal(
             self.audit,

@@ -127,7 +127,7 @@ class Call:
         """Count the call in the metrics and write its one audit line (counts and names, never text)."""
         job, m = self.job, self.admission.metrics
         labels = (self.served.name, job.adapter or "")
-        m.requests.labels(*labels, code.name).inc()
+        m.requests.labels(*labels, code.name, self.finish or "").inc()
         m.prompt_tokens.labels(*labels).inc(len(job.prompt_ids))
         m.generation_tokens.labels(*labels).inc(job.generated)
         m.prompt_len.labels(*labels).observe(len(job.prompt_ids))

@@ -26,7 +26,17 @@ class Metrics:
         PlatformCollector(registry=r)
         ma, m = ("model", "adapter"), ("model",)
         self.requests = Counter(
-            "enclave_requests", "Finished calls by gRPC status code", ("model", "adapter", "code"), registry=r
+            "enclave_requests",
+            "Finished calls by gRPC status code and finish reason (stop, length, stop_sequence, "
+            "context_limit; empty for calls that produced no finished answer)",
+            ("model", "adapter", "code", "finished_reason"),
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "enclave_model_info",
+            "1 for each served model's active version: its version label, manifest digest, backend and kind",
+            ("model", "version", "digest", "backend", "kind"),
+            registry=r,
         )
         self.ttft = Histogram(
             "enclave_time_to_first_token_seconds", "Arrival to first generated token", ma, buckets=LATENCY, registry=r
@@ -112,7 +122,13 @@ class Metrics:
             self.context_limit,
         ):
             family.labels(model, adapter)
-        self.requests.labels(model, adapter, "OK")
+        self.requests.labels(model, adapter, "OK", "stop")
+
+    def serving(self, model: str, version: str, digest: str, backend: str, kind: str) -> None:
+        """``enclave_model_info`` names this version of ``model`` only (an older one's series goes)."""
+        for labels in [s for s in self.model_info._metrics if s[0] == model]:
+            self.model_info.remove(*labels)
+        self.model_info.labels(model, version, digest, backend, kind).set(1)
 
     def gauges(self, model: str) -> EngineGauges:
         return EngineGauges(self, model)

@@ -82,6 +82,7 @@ class Models:
             )
         for name in names:
             self.active[name] = await self._open(name, self.repo.active(name))
+            self._info(self.active[name])
             for adapter in self.cfg.adapters.get(name, []):
                 await self.load_adapter(name, adapter)
         self.default = self.cfg.default_model or names[0]
@@ -217,6 +218,10 @@ class Models:
                         exc_info=not isinstance(exc, EnclaveError),
                     )
 
+    def _info(self, served: Served) -> None:
+        v = served.version
+        self.metrics.serving(served.name, v.version, v.manifest.digest, served.backend, v.manifest.kind)
+
     async def swap(self, name: str, version: Version) -> None:
         """Load a version, reload the old one's adapters on it (verified again), and send new requests to it."""
         old = self.active[name]
@@ -227,6 +232,7 @@ class Models:
             await asyncio.to_thread(new.engine.close)  # the old version keeps serving; the new engine is not leaked
             raise
         self.active[name] = new  # new requests go to the new version from here
+        self._info(new)
         log.info(
             "model %s: version %s is active (was %s); the old one finishes its requests",
             name,

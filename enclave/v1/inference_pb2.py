@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65nclave/v1/inference.proto\x12\nenclave.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"1\n\x04\x43hat\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.enclave.v1.ChatMessage\"\xf9\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x08\n\x06_min_p\"\xc7\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x06 \x01(\x0b\x32\x10.enclave.v1.ChatH\x00\x12,\n\x08sampling\x18\x07 \x01(\x0b\x32\x1a.enclave.v1.SamplingParamsB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"~\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\"\xf7\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.enclave.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.enclave.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.enclave.v1.Timings\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\t \x01(\t\"\xc6\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.enclave.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.enclave.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.enclave.v1.Timings\"r\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x04 \x01(\x0b\x32\x10.enclave.v1.ChatH\x00\x42\x07\n\x05input\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"<\n\x13\x43ountTokensResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"+\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"?\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.enclave.v1.ModelVersion\x12)\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x17.enclave.v1.AdapterInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x0c\n\x04kind\x18\x06 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.enclave.v1.ModelInfo\"4\n\x12LoadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"U\n\x13LoadAdapterResponse\x12(\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x17.enclave.v1.AdapterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"6\n\x14UnloadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"\x17\n\x15UnloadAdapterResponse*\xa1\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1f\n\x1b\x46INISH_REASON_CONTEXT_LIMIT\x10\x04\x32\x88\x03\n\tInference\x12\x45\n\x08Generate\x12\x1b.enclave.v1.GenerateRequest\x1a\x1c.enclave.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.enclave.v1.GenerateRequest\x1a\".enclave.v1.GenerateStreamResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.enclave.v1.TokenizeRequest\x1a\x1c.enclave.v1.TokenizeResponse\x12K\n\x0b\x43ountTokens\x12\x1b.enclave.v1.TokenizeRequest\x1a\x1f.enclave.v1.CountTokensResponse\x12K\n\nListModels\x12\x1d.enclave.v1.ListModelsRequest\x1a\x1e.enclave.v1.ListModelsResponse2\xad\x01\n\x05\x41\x64min\x12N\n\x0bLoadAdapter\x12\x1e.enclave.v1.LoadAdapterRequest\x1a\x1f.enclave.v1.LoadAdapterResponse\x12T\n\rUnloadAdapter\x12 .enclave.v1.UnloadAdapterRequest\x1a!.enclave.v1.UnloadAdapterResponseBH\n\x0e\x64\x65v.enclave.v1P\x01Z\'enclave.dev/gen/go/enclave/v1;enclavev1\xaa\x02\nEnclave.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65nclave/v1/inference.proto\x12\nenclave.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"1\n\x04\x43hat\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.enclave.v1.ChatMessage\"\xf9\x02\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x08\n\x06_min_p\"\xc7\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x06 \x01(\x0b\x32\x10.enclave.v1.ChatH\x00\x12,\n\x08sampling\x18\x07 \x01(\x0b\x32\x1a.enclave.v1.SamplingParamsB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"~\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\"\xf7\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.enclave.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.enclave.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.enclave.v1.Timings\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\t \x01(\t\"\xfd\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.enclave.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.enclave.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.enclave.v1.Timings\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\t \x01(\t\"r\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x04 \x01(\x0b\x32\x10.enclave.v1.ChatH\x00\x42\x07\n\x05input\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"<\n\x13\x43ountTokensResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"+\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"?\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.enclave.v1.ModelVersion\x12)\n\x08\x61\x64\x61pters\x18\x03 \x03(\x0b\x32\x17.enclave.v1.AdapterInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x0c\n\x04kind\x18\x06 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.enclave.v1.ModelInfo\"4\n\x12LoadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"U\n\x13LoadAdapterResponse\x12(\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x17.enclave.v1.AdapterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"6\n\x14UnloadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"\x17\n\x15UnloadAdapterResponse*\xa1\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1f\n\x1b\x46INISH_REASON_CONTEXT_LIMIT\x10\x04\x32\x88\x03\n\tInference\x12\x45\n\x08Generate\x12\x1b.enclave.v1.GenerateRequest\x1a\x1c.enclave.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.enclave.v1.GenerateRequest\x1a\".enclave.v1.GenerateStreamResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.enclave.v1.TokenizeRequest\x1a\x1c.enclave.v1.TokenizeResponse\x12K\n\x0b\x43ountTokens\x12\x1b.enclave.v1.TokenizeRequest\x1a\x1f.enclave.v1.CountTokensResponse\x12K\n\nListModels\x12\x1d.enclave.v1.ListModelsRequest\x1a\x1e.enclave.v1.ListModelsResponse2\xad\x01\n\x05\x41\x64min\x12N\n\x0bLoadAdapter\x12\x1e.enclave.v1.LoadAdapterRequest\x1a\x1f.enclave.v1.LoadAdapterResponse\x12T\n\rUnloadAdapter\x12 .enclave.v1.UnloadAdapterRequest\x1a!.enclave.v1.UnloadAdapterResponseBH\n\x0e\x64\x65v.enclave.v1P\x01Z\'enclave.dev/gen/go/enclave/v1;enclavev1\xaa\x02\nEnclave.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'enclave.v1.inference_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.enclave.v1P\001Z\'enclave.dev/gen/go/enclave/v1;enclavev1\252\002\nEnclave.V1'
-  _globals['_FINISHREASON']._serialized_start=2177
-  _globals['_FINISHREASON']._serialized_end=2338
+  _globals['_FINISHREASON']._serialized_start=2232
+  _globals['_FINISHREASON']._serialized_end=2393
   _globals['_CHATMESSAGE']._serialized_start=42
   _globals['_CHATMESSAGE']._serialized_end=86
   _globals['_CHAT']._serialized_start=88
@@ -49,33 +49,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_start=909
   _globals['_GENERATERESPONSE']._serialized_end=1156
   _globals['_GENERATESTREAMRESPONSE']._serialized_start=1159
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1357
-  _globals['_TOKENIZEREQUEST']._serialized_start=1359
-  _globals['_TOKENIZEREQUEST']._serialized_end=1473
-  _globals['_TOKENIZERESPONSE']._serialized_start=1475
-  _globals['_TOKENIZERESPONSE']._serialized_end=1528
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1530
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1590
-  _globals['_LISTMODELSREQUEST']._serialized_start=1592
-  _globals['_LISTMODELSREQUEST']._serialized_end=1611
-  _globals['_ADAPTERINFO']._serialized_start=1613
-  _globals['_ADAPTERINFO']._serialized_end=1656
-  _globals['_MODELVERSION']._serialized_start=1658
-  _globals['_MODELVERSION']._serialized_end=1721
-  _globals['_MODELINFO']._serialized_start=1724
-  _globals['_MODELINFO']._serialized_end=1891
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1893
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1952
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1954
-  _globals['_LOADADAPTERREQUEST']._serialized_end=2006
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=2008
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=2093
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2095
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2149
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=2151
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=2174
-  _globals['_INFERENCE']._serialized_start=2341
-  _globals['_INFERENCE']._serialized_end=2733
-  _globals['_ADMIN']._serialized_start=2736
-  _globals['_ADMIN']._serialized_end=2909
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1412
+  _globals['_TOKENIZEREQUEST']._serialized_start=1414
+  _globals['_TOKENIZEREQUEST']._serialized_end=1528
+  _globals['_TOKENIZERESPONSE']._serialized_start=1530
+  _globals['_TOKENIZERESPONSE']._serialized_end=1583
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1585
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1645
+  _globals['_LISTMODELSREQUEST']._serialized_start=1647
+  _globals['_LISTMODELSREQUEST']._serialized_end=1666
+  _globals['_ADAPTERINFO']._serialized_start=1668
+  _globals['_ADAPTERINFO']._serialized_end=1711
+  _globals['_MODELVERSION']._serialized_start=1713
+  _globals['_MODELVERSION']._serialized_end=1776
+  _globals['_MODELINFO']._serialized_start=1779
+  _globals['_MODELINFO']._serialized_end=1946
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1948
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2007
+  _globals['_LOADADAPTERREQUEST']._serialized_start=2009
+  _globals['_LOADADAPTERREQUEST']._serialized_end=2061
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=2063
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=2148
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2150
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2204
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=2206
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=2229
+  _globals['_INFERENCE']._serialized_start=2396
+  _globals['_INFERENCE']._serialized_end=2788
+  _globals['_ADMIN']._serialized_start=2791
+  _globals['_ADMIN']._serialized_end=2964
 # @@protoc_insertion_point(module_scope)

@@ -67,6 +67,8 @@ class InferenceService(rpc.InferenceServicer):
                 message.usage.CopyFrom(u)
                 message.timings.CopyFrom(timings)
                 message.finish_reason = FINISH[event.finish]
+                message.model, message.model_version = call.served.name, call.served.version.version
+                message.adapter = request.adapter
             yield message
 
     async def Tokenize(self, request, context):

@@ -154,7 +154,10 @@ def test_real_prometheus_scrapes_the_server(prometheus, live, tmp_path):
     try:
         result = _until(lambda: _query(port, 'enclave_requests_total{code="OK"}'), 60)
         assert result, proc.stdout.read() if proc.poll() is not None else "no sample after 60 s"
-        by_model = {r["metric"]["model"]: float(r["value"][1]) for r in result if r["metric"].get("adapter", "") == ""}
+        by_model: dict[str, float] = {}  # summed over finished_reason
+        for r in result:
+            if r["metric"].get("adapter", "") == "":
+                by_model[r["metric"]["model"]] = by_model.get(r["metric"]["model"], 0.0) + float(r["value"][1])
         assert by_model["tiny-onnx"] == 2.0  # a unary call and a stream on the default model
         assert any(r["metric"].get("adapter") == "facts" for r in result)
         assert _query(port, 'up{job="enclave"}')[0]["value"][1] == "1"

@@ -50,6 +50,8 @@ def test_unary_and_stream_agree_and_backends_agree(client):
     assert "".join(p.text for p in pieces) == unary.text
     assert pieces[-1].finish_reason == pb.FINISH_REASON_LENGTH and pieces[-1].usage.completion_tokens == 12
     assert all(p.finish_reason == pb.FINISH_REASON_UNSPECIFIED for p in pieces[:-1])
+    assert (pieces[-1].model, pieces[-1].model_version, pieces[-1].adapter) == ("tiny-onnx", "1", "")
+    assert all(not p.model for p in pieces[:-1])
     # The same weights on PyTorch and on ONNX Runtime give the same greedy tokens.
     torch_reply = client.generate(PROMPTS[1], max_tokens=12, model="tiny")
     assert list(torch_reply.token_ids) == list(unary.token_ids)
@@ -129,7 +131,8 @@ def test_metrics_endpoint(server, client):
         "process_resident_memory_bytes",
     ):
         assert name in text, name
-    assert 'enclave_requests_total{adapter="",code="OK",model="tiny-onnx"}' in text
+    assert 'enclave_requests_total{adapter="",code="OK",finished_reason="stop",model="tiny-onnx"}' in text
+    assert 'enclave_model_info{backend="onnxruntime",digest="sha256:' in text
     assert 'le="0.005"' in text  # explicit buckets
     assert "patient" not in text
 

@@ -157,13 +157,14 @@ def test_http_calls_are_counted_and_audited_like_grpc(server):
     from prometheus_client import generate_latest
 
     def count() -> float:
+        prefix = 'enclave_requests_total{adapter="",code="OK",finished_reason="length",model="tiny-onnx"}'
         for line in generate_latest(server.metrics.registry).decode().splitlines():
-            if line.startswith('enclave_requests_total{adapter="",code="OK",model="tiny-onnx"}'):
+            if line.startswith(prefix):
                 return float(line.split()[-1])
         return 0.0
 
     before = count()
-    sdk(server).completions.create(model="tiny-onnx", prompt="Hello", max_tokens=3)
+    sdk(server).completions.create(model="tiny-onnx", prompt="Hello", max_tokens=3, extra_body={"min_tokens": 3})
     assert count() == before + 1
 
 
