@@ -91,6 +91,7 @@ class Client:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         min_p: float | None = None,
+        logprobs: int | None = None,
     ) -> pb.GenerateRequest:
         """A GenerateRequest.
 
@@ -105,6 +106,7 @@ class Client:
             ("presence_penalty", presence_penalty),
             ("frequency_penalty", frequency_penalty),
             ("min_p", min_p),
+            ("logprobs", logprobs),
         ):
             if value is not None:
                 setattr(sampling, name, value)

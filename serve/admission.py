@@ -18,7 +18,7 @@ from serve.audit import Audit
 from serve.auth import Caller
 from serve.call import Call
 from serve.config import ServeConfig
-from serve.errors import OutOfRange, ServeError
+from serve.errors import FailedPrecondition, OutOfRange, ServeError
 from serve.gate import Gate
 from serve.job import Job
 from serve.metrics import Metrics
@@ -68,6 +68,11 @@ class Admission:
         self.models.check_adapter(served, request.adapter)
         limits = self.cfg.limits
         sampling = requests.sampling(request.sampling, limits)
+        if sampling.logprobs is not None and served.backend == "vllm":
+            raise FailedPrecondition(
+                f"sampling.logprobs: not available on the vllm backend of model {served.name} yet; "
+                "serve an ONNX or PyTorch artifact for log-probabilities"
+            )
         requests.check_bytes(request, served.tokenizer, limits.max_prompt_tokens)
         call = Call(self, served, caller, request_id)
         self.gate.enter(caller)

@@ -32,7 +32,8 @@ class Usage:
 
 def merge(a: Event, b: Event) -> Event:
     """Two consecutive events of one request as one."""
-    return Event(a.token_ids + b.token_ids, a.text + b.text, finish=b.finish, error=b.error)
+    logprobs = None if a.logprobs is None and b.logprobs is None else (a.logprobs or []) + (b.logprobs or [])
+    return Event(a.token_ids + b.token_ids, a.text + b.text, finish=b.finish, error=b.error, logprobs=logprobs)
 
 
 class Call:

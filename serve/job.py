@@ -27,17 +27,30 @@ class Sampling:
     presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token generated so far
     frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated so far
     min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped (after temperature)
+    logprobs: int | None = None  # None: off; k: each token's log-probability and the k likeliest (at most 20)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the likeliest alternatives, from the distribution
+    the sampler drew from (after penalties and temperature, before top-k, top-p and min-p)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), likeliest first
 
 
 @dataclass
 class Event:
     """New tokens of a job; the last event has ``finish`` set ("stop", "length", "stop_sequence",
-    "context_limit") or ``error`` (an exception for the caller, e.g. deadline exceeded)."""
+    "context_limit") or ``error`` (an exception for the caller, e.g. deadline exceeded).
+    ``logprobs`` (when the request asked for them) has one entry per token id."""
 
     token_ids: list[int]
     text: str = ""
     finish: str | None = None
     error: Exception | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from serve.job import Sampling
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 def request_id(value: str) -> str:
@@ -118,6 +119,9 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         if not -2.0 <= value <= 2.0:  # NaN fails it too
             raise InvalidArgument(f"sampling.{name}: {value} is outside -2 to 2 (0 turns it off)")
         penalties[name] = float(value)
+    logprobs = p.logprobs if p.HasField("logprobs") else None
+    if logprobs is not None and logprobs > MAX_LOGPROBS:
+        raise InvalidArgument(f"sampling.logprobs: {logprobs} alternatives; at most {MAX_LOGPROBS}")
     min_p = p.min_p if p.HasField("min_p") else 0.0
     if not 0.0 <= min_p <= 1.0:
         raise InvalidArgument(f"sampling.min_p: {min_p} is outside 0 to 1 (0 turns it off)")
@@ -134,6 +138,7 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         seed=p.seed if p.HasField("seed") else None,
         min_tokens=int(p.min_tokens),
         min_p=float(min_p),
+        logprobs=logprobs,
         **penalties,
     )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.job import Sampling
+from serve.job import Sampling, TokenLogprob
+
+FLOOR = -9999.0  # the log-probability reported for a token that could not be drawn (OpenAI's value)
 
 
 class Sampler:
@@ -20,15 +22,33 @@ class Sampler:
         self.prompt_length = prompt_length  # ``seen`` starts with the prompt: its output follows
         self.rng = np.random.default_rng(params.seed)
         self.penalized = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+        self.last: TokenLogprob | None = None  # the last token's log-probability, when the request asks for them
 
     def __call__(self, logits: np.ndarray, seen, banned=()) -> int:
         """The next token, given this row's logits (V,), the ids seen so far (prompt + generated)
         and ids that may not come next (end-of-sequence before ``min_tokens``)."""
         p = self.params
-        if p.temperature < 1e-5 and not self.penalized:  # greedy: no copy unless a ban hits
+        if p.logprobs is not None:
+            token, self.last = self._draw(logits, seen, banned, report=True)
+            return token
+        return self._draw(logits, seen, banned)[0]
+
+    def _logprob(self, logits: np.ndarray, token: int) -> TokenLogprob:
+        """``token``'s log-probability under ``logits`` and the ``logprobs`` likeliest tokens'."""
+        shifted = logits - logits.max()
+        lp = shifted - np.log(np.exp(shifted).sum())
+        k = self.params.logprobs
+        top = np.argpartition(-lp, k - 1)[:k] if 0 < k < lp.size else np.arange(lp.size if k else 0)
+        top = top[np.argsort(-lp[top], kind="stable")]
+        lp = np.maximum(lp, FLOOR)  # a banned token's -inf, as OpenAI reports it
+        return TokenLogprob(token, float(lp[token]), tuple((int(i), float(lp[i])) for i in top))
+
+    def _draw(self, logits: np.ndarray, seen, banned, report: bool = False) -> tuple[int, TokenLogprob | None]:
+        p = self.params
+        if p.temperature < 1e-5 and not self.penalized and not report:  # greedy: no copy unless a ban hits
             best = int(np.argmax(logits))
             if best not in banned:
-                return best
+                return best, None
         logits = logits.astype(np.float64, copy=True)
         if banned:
             logits[list(banned)] = -np.inf
@@ -41,8 +61,10 @@ class Sampler:
             ids, counts = np.unique(np.asarray(seen[self.prompt_length :]), return_counts=True)
             logits[ids] -= p.presence_penalty + p.frequency_penalty * counts
         if p.temperature < 1e-5:  # 0 is greedy; a smaller positive one is greedy in all but overflow
-            return int(np.argmax(logits))
+            best = int(np.argmax(logits))
+            return best, self._logprob(logits, best) if report else None
         logits /= p.temperature
+        scaled = logits.copy() if report else None  # the distribution log-probabilities are reported from
         if p.top_k and p.top_k < logits.size:
             kth = np.partition(logits, -p.top_k)[-p.top_k]
             logits[logits < kth] = -np.inf
@@ -58,4 +80,5 @@ class Sampler:
             mask = np.zeros_like(probs)
             mask[keep] = probs[keep]
             probs = mask / mask.sum()
-        return int(self.rng.choice(probs.size, p=probs))
+        token = int(self.rng.choice(probs.size, p=probs))
+        return token, self._logprob(scaled, token) if report else None

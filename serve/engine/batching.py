@@ -56,7 +56,8 @@ class _Seq:
     alive: bool = True
 
     def advance(self, logits: np.ndarray) -> bool:
-        return self.tracker.accept(self.sampler(logits, self.tracker.seen, self.tracker.banned()))
+        token = self.sampler(logits, self.tracker.seen, self.tracker.banned())
+        return self.tracker.accept(token, self.sampler.last)
 
 
 class StepEngine:

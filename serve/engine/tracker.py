@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from serve.job import Event, Job
+from serve.job import Event, Job, TokenLogprob
 from serve.textstream import TextStream
 
 
@@ -23,8 +23,9 @@ class Tracker:
         """Tokens the sampler may not pick now: end-of-sequence until min_tokens are out."""
         return tuple(self.eos) if self.job.generated < self.job.sampling.min_tokens else ()
 
-    def accept(self, token: int) -> bool:
-        """Send one new token to the caller; False when the request is finished."""
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> bool:
+        """Send one new token (and its log-probability, if asked for) to the caller; False when the
+        request is finished."""
         job = self.job
         if job.first_token is None:
             job.first_token = time.monotonic()
@@ -36,13 +37,14 @@ class Tracker:
         self.seen.append(token)
         self.last = token
         delta = self.stream.push(token)
+        lp = None if logprob is None else [logprob]
         if self.stream.stopped:
-            job.emit(Event([token], delta, finish="stop_sequence"))
+            job.emit(Event([token], delta, finish="stop_sequence", logprobs=lp))
         elif job.generated >= job.sampling.max_tokens:
-            job.emit(Event([token], delta + self.stream.flush(), finish="length"))
+            job.emit(Event([token], delta + self.stream.flush(), finish="length", logprobs=lp))
         elif self.length >= self.context_length:
-            job.emit(Event([token], delta + self.stream.flush(), finish="context_limit"))
+            job.emit(Event([token], delta + self.stream.flush(), finish="context_limit", logprobs=lp))
         else:
-            job.emit(Event([token], delta))
+            job.emit(Event([token], delta, logprobs=lp))
             return True
         return False

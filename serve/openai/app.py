@@ -190,20 +190,53 @@ class Answer:
         prompt, completion = counts[0].prompt_tokens, sum(u.completion_tokens for u in counts)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
+    def _logprobs(self, call: Call, entries: list, offset: int = 0) -> dict | None:
+        """Tokens' log-probabilities in OpenAI's shape: chat's ``content`` list, or completions'
+        parallel lists (``text_offset`` counted from ``offset``); None when not asked for."""
+        if call.job.sampling.logprobs is None:
+            return None
+        pieces = call.served.tokenizer.pieces
+        chosen = pieces([e.token_id for e in entries])
+        tops = [list(zip(pieces([i for i, _ in e.top]), (lp for _, lp in e.top))) for e in entries]
+        if self.chat:
+            return {
+                "content": [
+                    {
+                        "token": token,
+                        "logprob": e.logprob,
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+                    }
+                    for token, e, top in zip(chosen, entries, tops)
+                ]
+            }
+        offsets = [offset + sum(len(t) for t in chosen[:k]) for k in range(len(chosen))]
+        return {
+            "tokens": chosen,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [dict(top) for top in tops],
+            "text_offset": offsets,
+        }
+
     async def whole(self) -> dict:
         """Every choice run to its end, concurrently."""
 
-        async def run(call: Call) -> str:
-            parts = []
+        async def run(call: Call) -> tuple[str, list]:
+            parts, logprobs = [], []
             async for event in call.accounted(call.events()):
                 parts.append(event.text)
-            return "".join(parts)
+                logprobs.extend(event.logprobs or ())
+            return "".join(parts), logprobs
 
         self.tasks = [asyncio.ensure_future(run(c)) for c in self.calls]
-        texts = await asyncio.gather(*self.tasks)
+        results = await asyncio.gather(*self.tasks)
         choices = []
-        for i, (call, text) in enumerate(zip(self.calls, texts)):
-            choice: dict = {"index": i, "finish_reason": FINISH[call.finish], "logprobs": None}
+        for i, (call, (text, logprobs)) in enumerate(zip(self.calls, results)):
+            choice: dict = {
+                "index": i,
+                "finish_reason": FINISH[call.finish],
+                "logprobs": self._logprobs(call, logprobs),
+            }
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
@@ -218,12 +251,14 @@ class Answer:
             "usage": self.usage(),
         }
 
-    def _chunk(self, index: int, text: str | None, finish: str | None, first: bool = False) -> dict:
+    def _chunk(
+        self, index: int, text: str | None, finish: str | None, first: bool = False, logprobs: dict | None = None
+    ) -> dict:
         if self.chat:
             delta: dict = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         chunk = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -256,7 +291,7 @@ class Answer:
                 for i in range(len(self.calls)):
                     yield sse(self._chunk(i, None, None, first=True))
             self.tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(self.calls)]
-            running = len(self.calls)
+            running, sent = len(self.calls), [0] * len(self.calls)  # characters sent per choice
             while running:
                 i, event, error = await queue.get()
                 if error is not None:
@@ -264,9 +299,10 @@ class Answer:
                 elif event is None:
                     running -= 1
                 else:
-                    if event.text or not self.chat:
-                        if event.text:
-                            yield sse(self._chunk(i, event.text, None))
+                    if event.text or event.logprobs:
+                        logprobs = self._logprobs(self.calls[i], event.logprobs or [], sent[i])
+                        yield sse(self._chunk(i, event.text, None, logprobs=logprobs))
+                        sent[i] += len(event.text)
                     if event.finish:
                         yield sse(self._chunk(i, None, FINISH[event.finish]))
             if self.body.stream_options is not None and self.body.stream_options.include_usage:

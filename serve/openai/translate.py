@@ -20,8 +20,6 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # Fields this server does not act on yet: accepted at their neutral values, refused otherwise
 # (a silently ignored penalty or schema would return something other than what was asked).
 NEUTRAL = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "stop_token_ids": (None, []),
     "echo": (False,),
     "suffix": (None, ""),
@@ -100,16 +98,19 @@ def sampling(body: Sampling, max_tokens: int | None) -> pb.SamplingParams:
     return params
 
 
-def _request(body: Sampling, models: Models, max_tokens: int | None) -> pb.GenerateRequest:
+def _request(body: Sampling, models: Models, max_tokens: int | None, logprobs: int | None) -> pb.GenerateRequest:
     _check_neutral(body)
     model, version, adapter = resolve(models, body.model)
-    return pb.GenerateRequest(
+    request = pb.GenerateRequest(
         request_id=body.request_id or "",
         model=model,
         model_version=version,
         adapter=adapter,
         sampling=sampling(body, max_tokens),
     )
+    if logprobs is not None:
+        request.sampling.logprobs = logprobs
+    return request
 
 
 def text(message: Message, i: int) -> str:
@@ -128,7 +129,14 @@ def chat(body: ChatRequest, models: Models) -> pb.GenerateRequest:
     """A chat completion request as a GenerateRequest with ``chat`` set."""
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise InvalidArgument("max_tokens and max_completion_tokens: send one (max_tokens is the older name)")
-    request = _request(body, models, body.max_completion_tokens or body.max_tokens)
+    if body.logprobs not in (None, True, False):
+        raise InvalidArgument(
+            f"logprobs: {body.logprobs!r}; chat completions take true or false (top_logprobs: how many)"
+        )
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidArgument("top_logprobs: needs logprobs: true")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    request = _request(body, models, body.max_completion_tokens or body.max_tokens, logprobs)
     for i, m in enumerate(body.messages):
         role = ROLES.get(m.role)
         if role is None:
@@ -144,6 +152,8 @@ def completion(body: CompletionRequest, models: Models) -> pb.GenerateRequest:
         if len(prompt) != 1 or not isinstance(prompt[0], str):
             raise InvalidArgument("prompt: send one text (a list of one text is the same); token ids are not taken")
         prompt = prompt[0]
-    request = _request(body, models, body.max_tokens)
+    if isinstance(body.logprobs, bool) or (body.logprobs is not None and not 0 <= body.logprobs <= 20):
+        raise InvalidArgument(f"logprobs: {body.logprobs!r}; completions take how many alternatives, 0 to 20")
+    request = _request(body, models, body.max_tokens, body.logprobs)
     request.prompt = prompt
     return request

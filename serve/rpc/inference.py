@@ -32,6 +32,22 @@ def usage(call: Call) -> tuple[pb.Usage, pb.Timings]:
     return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens), timings
 
 
+def token_logprobs(entries, tokenizer) -> list[pb.TokenLogprob]:
+    """The engine's log-probabilities as enclave.v1 messages, each token with its text."""
+    return [
+        pb.TokenLogprob(
+            token_id=e.token_id,
+            token=tokenizer.pieces([e.token_id])[0],
+            logprob=e.logprob,
+            top=[
+                pb.TokenAlternative(token_id=i, token=piece, logprob=lp)
+                for (i, lp), piece in zip(e.top, tokenizer.pieces([i for i, _ in e.top]))
+            ],
+        )
+        for e in entries
+    ]
+
+
 class InferenceService(rpc.InferenceServicer):
     """Generate, GenerateStream, Tokenize, CountTokens and ListModels."""
 
@@ -40,10 +56,11 @@ class InferenceService(rpc.InferenceServicer):
 
     async def Generate(self, request, context):
         call = await self.admission.open(request, context)
-        ids, text = [], []
+        ids, text, logprobs = [], [], []
         async for event in call.accounted(call.events()):
             ids.extend(event.token_ids)
             text.append(event.text)
+            logprobs.extend(event.logprobs or ())
         u, timings = usage(call)
         s = call.served
         return pb.GenerateResponse(
@@ -56,12 +73,15 @@ class InferenceService(rpc.InferenceServicer):
             model=s.name,
             model_version=s.version.version,
             adapter=request.adapter,
+            logprobs=token_logprobs(logprobs, s.tokenizer),
         )
 
     async def GenerateStream(self, request, context):
         call = await self.admission.open(request, context)
         async for event in call.accounted(call.events()):
             message = pb.GenerateStreamResponse(request_id=call.request_id, token_ids=event.token_ids, text=event.text)
+            if event.logprobs:
+                message.logprobs.extend(token_logprobs(event.logprobs, call.served.tokenizer))
             if event.finish:
                 u, timings = usage(call)
                 message.usage.CopyFrom(u)

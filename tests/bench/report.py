@@ -26,6 +26,7 @@ COMMANDS = [
     "python -m tests.bench.tune_speed --out bench-results",
     "python -m tests.bench.serving --llama $LLAMA --llama-python .venv-bench/bin/python --out bench-results",
     "python -m tests.bench.engine --out bench-results",
+    "python -m tests.bench.http_api --out bench-results",
     "python -m tests.bench.report",
 ]
 PLOT = Path("bench-plots") / "quality_speed.png"  # beside BENCHMARKS.md
@@ -432,12 +433,35 @@ def engine(r: dict) -> str:
     )
 
 
+def http_api(r: dict) -> str:
+    """The OpenAI-compatible API against gRPC on one server."""
+    rows = [
+        [b["what"], f"{b['value']:.2f}", f">= {b['threshold']:g}", "met" if b["met"] else "**missed**"]
+        for b in r["bars"].values()
+    ]
+    runs = r["runs"]
+    return (
+        f"Run {r['date']}, {r['threads']} threads, SmolLM2-135M-Instruct ONNX int8, {r['streams']} streams, "
+        f"{r['requests']} requests of {r['decode_tokens']} tokens each way; the better of two runs each "
+        f"(gRPC {', '.join(f'{x:.1f}' for x in runs['grpc'])}; HTTP {', '.join(f'{x:.1f}' for x in runs['http'])} "
+        f"tokens/s).\n\n"
+        + table(["bar", "value", "bar", ""], rows, "lrrl")
+        + "\n\n"
+        + table(
+            ["API", "tokens/s, 8 streams"],
+            [["gRPC", f"{r['grpc_8']:.1f}"], ["OpenAI HTTP", f"{r['http_8']:.1f}"]],
+            "lr",
+        )
+    )
+
+
 # section name: (the result it is written from, the writer)
 SECTIONS = {
     "header": (None, header),
     "serving": ("serving", serving),
     "quality_speed": ("serving", quality_speed_section),
     "engine": ("engine", engine),
+    "http_api": ("http_api", http_api),
     "tune_speed": ("tune_speed", tune),
     "prune_quality": ("prune_quality", prune),
     "quantize_quality": ("quantize_quality", quantize),

@@ -7,6 +7,7 @@ import pytest
 from tests.bench import quality_speed as qs
 from tests.bench import report, workload
 from tests.bench.engine import BARS as ENGINE_BARS
+from tests.bench.http_api import BARS as HTTP_BARS
 
 
 def test_stream_stats_and_percentiles():
@@ -228,3 +229,29 @@ def test_render_writes_the_engine_section():
     assert "| 1 stream with an adapter / 1 stream on the base | 0.50 | >= 0.85 | **missed** |" in md
     assert "| time to first token, 1,024-token prefix cached / not cached | 0.50 | <= 0.25 | **missed** |" in md
     assert "90 ms / 120 ms / 9.50 s" in md and "6000 ms / 6000 ms / 6.00 s" in md
+
+
+def test_render_writes_the_http_api_section():
+    bars = {
+        k: {"what": what, "value": 0.95, "threshold": t, "higher": up, "met": True}
+        for k, (what, t, up) in HTTP_BARS.items()
+    }
+    r = {
+        "date": "2026-12-02",
+        "threads": 2,
+        "streams": 8,
+        "requests": 24,
+        "decode_tokens": 96,
+        "grpc_8": 250.0,
+        "http_8": 237.5,
+        "runs": {"grpc": [240.0, 250.0], "http": [237.5, 230.0]},
+        "bars": bars,
+    }
+    md = report.render(
+        "<!-- generated:header -->\n<!-- /generated:header -->\n"
+        "<!-- generated:http_api -->\n<!-- /generated:http_api -->\n",
+        {"http_api": r},
+        {"machine": report.machine(), "versions": {}},
+    )
+    assert "8 streams through the OpenAI HTTP API / through gRPC, tokens/s | 0.95 | >= 0.9 | met" in md
+    assert "| OpenAI HTTP | 237.5 |" in md and "gRPC 240.0, 250.0" in md

@@ -170,3 +170,41 @@ def test_unknown_names_are_not_found_and_list_what_exists(client):
     assert (
         e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "enclave serve activate tiny 2" in e.value.details()
     )
+
+
+@pytest.mark.parametrize("model", ["tiny-onnx", "tiny"])
+def test_logprobs_are_the_models_own_and_stream_like_unary(serve_repo, client, model):
+    """Greedy: each token is the likeliest, with the log-softmax of the model's own logits; the
+    stream carries the same entries as the unary answer, one per token id."""
+    import numpy as np
+
+    from enclave.repository import Repository
+    from serve.backends.ort import Backend
+    from serve.tokenizer import ServeTokenizer
+
+    reply = client.generate(PROMPTS[0], model=model, max_tokens=6, min_tokens=6, logprobs=3)
+    assert len(reply.logprobs) == len(reply.token_ids) == 6
+    for token_id, lp in zip(reply.token_ids, reply.logprobs):
+        assert lp.token_id == token_id and [a.token_id for a in lp.top][0] == token_id and len(lp.top) == 3
+        assert (
+            lp.logprob == pytest.approx(lp.top[0].logprob)
+            and lp.top[0].logprob >= lp.top[1].logprob >= lp.top[2].logprob
+        )
+        assert lp.token and lp.logprob <= 0
+    path = Repository(serve_repo).active("tiny-onnx").path
+    logits = Backend(path, threads=1).prefill(ServeTokenizer(path).encode(PROMPTS[0]), None)[0].astype(np.float64)
+    expected = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    assert reply.logprobs[0].logprob == pytest.approx(expected[reply.token_ids[0]], abs=1e-3)
+    pieces = list(client.stream(PROMPTS[0], model=model, max_tokens=6, min_tokens=6, logprobs=3))
+    streamed = [lp for p in pieces for lp in p.logprobs]
+    assert [(lp.token_id, round(lp.logprob, 4)) for lp in streamed] == [
+        (lp.token_id, round(lp.logprob, 4)) for lp in reply.logprobs
+    ]
+    assert not client.generate(PROMPTS[0], model=model, max_tokens=3).logprobs  # off unless asked
+
+
+def test_logprobs_over_20_are_refused(client):
+    from tests.serve.conftest import status_of
+
+    code, details = status_of(lambda: client.generate("hi", logprobs=21))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("sampling.logprobs")

@@ -206,3 +206,37 @@ def test_https_with_the_servers_certificate_and_rotation(serve_repo, tmp_path):
                 time.sleep(0.2)
         with pytest.raises(urllib.error.URLError):
             models(old.ca)
+
+
+def test_logprobs_in_openai_shape_match_grpc(server):
+    from enclave.grpc_client import Client
+
+    client = sdk(server)
+    answer = client.chat.completions.create(
+        model="tiny-onnx", messages=ASK, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = answer.choices[0].logprobs.content
+    with Client(f"127.0.0.1:{server.port}", timeout=60, token=server.token) as c:
+        expected = c.generate(ASK, model="tiny-onnx", max_tokens=5, temperature=0.0, logprobs=2).logprobs
+    assert [round(e.logprob, 4) for e in content] == [round(e.logprob, 4) for e in expected]
+    assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0].token == e.token for e in content)
+    assert all(e.bytes == list(e.token.encode()) for e in content)
+    streamed = [
+        e
+        for chunk in client.chat.completions.create(
+            model="tiny-onnx", messages=ASK, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2, stream=True
+        )
+        if chunk.choices and chunk.choices[0].logprobs
+        for e in chunk.choices[0].logprobs.content
+    ]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in content]
+    text = client.completions.create(model="tiny-onnx", prompt="The sky is", max_tokens=4, temperature=0, logprobs=1)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4 and lp.text_offset[0] == 0
+    assert (
+        answer.choices[0].logprobs is not None
+        and client.chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=2).choices[0].logprobs is None
+    )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=2, top_logprobs=3)
+    assert e.value.body["param"] == "top_logprobs"

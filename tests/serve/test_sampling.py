@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from serve.job import Sampling
 from serve.sampling import Sampler
@@ -72,3 +73,22 @@ def test_min_p_drops_the_unlikely_tail():
         Sampler(Sampling(max_tokens=1, temperature=1.0, min_p=0.3, seed=s))(LOGITS, np.array([])) for s in range(300)
     }
     assert draws == {1, 2}
+
+
+def test_logprobs_come_from_the_distribution_drawn_from():
+    from serve.sampling import FLOOR
+
+    expected = LOGITS - np.log(np.exp(LOGITS).sum())
+    sampler = Sampler(Sampling(max_tokens=1, logprobs=2))
+    assert sampler(LOGITS, []) == 1
+    assert sampler.last.token_id == 1 and sampler.last.logprob == pytest.approx(expected[1])
+    assert [i for i, _ in sampler.last.top] == [1, 2] and sampler.last.top[1][1] == pytest.approx(expected[2])
+    # temperature 2: the scaled distribution, before top-k truncates it
+    scaled = LOGITS / 2 - np.log(np.exp(LOGITS / 2).sum())
+    sampler = Sampler(Sampling(max_tokens=1, temperature=2.0, top_k=1, seed=0, logprobs=0))
+    assert sampler(LOGITS, []) == 1 and sampler.last.logprob == pytest.approx(scaled[1]) and sampler.last.top == ()
+    # a banned token is reported at OpenAI's floor, not -inf
+    sampler = Sampler(Sampling(max_tokens=1, logprobs=5))
+    sampler(LOGITS, [], banned=(1,))
+    assert dict(sampler.last.top)[1] == FLOOR
+    assert Sampler(Sampling(max_tokens=1))(LOGITS, []) == 1  # off: nothing kept
