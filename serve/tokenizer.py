@@ -39,6 +39,22 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from bytes to the printable characters byte-level BPE writes them as."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    extra, table = 0, {}
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
 class ServeTokenizer:
     """Encode, decode and chat-format for one artifact directory."""
 
@@ -176,6 +192,32 @@ class ServeTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        """Each id's own bytes (OpenAI's ``bytes`` of a log-probability entry): exact also for a
+        token that holds part of a multi-byte character, where its text is U+FFFD. Byte-level BPE
+        tokens (GPT-2's byte-to-character table) and byte-fallback tokens (``<0xE2>``) are mapped
+        back to their bytes; other tokens are their text in UTF-8."""
+        byte_level = self._byte_level()
+        out = []
+        for i in ids:
+            token = self.tok.id_to_token(i) or ""
+            if i in self.special_ids:
+                out.append(token.encode())
+            elif byte_level and all(c in _UNICODE_TO_BYTE for c in token):
+                out.append(bytes(_UNICODE_TO_BYTE[c] for c in token))
+            elif m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", token):
+                out.append(bytes([int(m.group(1), 16)]))
+            else:
+                out.append(token.replace("\u2581", " ").encode())
+        return out
+
+    def _byte_level(self) -> bool:
+        if not hasattr(self, "_is_byte_level"):
+            decoder = json.loads(self.tok.to_str()).get("decoder") or {}
+            kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
+            self._is_byte_level = "ByteLevel" in kinds
+        return self._is_byte_level
 
     def pieces(self, ids: list[int]) -> list[str]:
         """Each id's text on its own (byte-level pieces that are not whole characters decode with U+FFFD)."""

@@ -195,19 +195,23 @@ class Answer:
         parallel lists (``text_offset`` counted from ``offset``); None when not asked for."""
         if call.job.sampling.logprobs is None:
             return None
-        pieces = call.served.tokenizer.pieces
-        chosen = pieces([e.token_id for e in entries])
-        tops = [list(zip(pieces([i for i, _ in e.top]), (lp for _, lp in e.top))) for e in entries]
+        tok = call.served.tokenizer
+        chosen = tok.pieces([e.token_id for e in entries])
+        tops = [list(zip(tok.pieces([i for i, _ in e.top]), (lp for _, lp in e.top))) for e in entries]
         if self.chat:
+            raw = tok.token_bytes([e.token_id for e in entries])
+            top_raw = [tok.token_bytes([i for i, _ in e.top]) for e in entries]
             return {
                 "content": [
                     {
                         "token": token,
                         "logprob": e.logprob,
-                        "bytes": list(token.encode()),
-                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+                        "bytes": list(b),
+                        "top_logprobs": [
+                            {"token": t, "logprob": lp, "bytes": list(tb)} for (t, lp), tb in zip(top, tb_list)
+                        ],
                     }
-                    for token, e, top in zip(chosen, entries, tops)
+                    for token, e, top, b, tb_list in zip(chosen, entries, tops, raw, top_raw)
                 ]
             }
         offsets = [offset + sum(len(t) for t in chosen[:k]) for k in range(len(chosen))]

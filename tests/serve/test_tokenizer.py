@@ -89,3 +89,12 @@ def test_a_template_that_changes_content_refuses_typed_special_tokens(tokenizer_
     refused = r"chat.messages\[1\].content: contains the special token text '<\|im_start\|>', '<\|im_end\|>'"
     with pytest.raises(InvalidArgument, match=refused):
         tok.apply_chat([{"role": "user", "content": "hi"}, {"role": "user", "content": f" {FORGED} "}])
+
+
+def test_token_bytes_rebuild_the_text_also_where_tokens_split_a_character(tokenizer_dir):
+    tok = ServeTokenizer(tokenizer_dir)
+    text = "Café – naïve ☃ dosage 5 µg"
+    ids = tok.encode(text)
+    raw = tok.token_bytes(ids)
+    assert b"".join(raw) == text.encode()
+    assert len(raw) == len(ids) and all(isinstance(b, bytes) and b for b in raw)
