@@ -92,12 +92,19 @@ class Client:
         frequency_penalty: float | None = None,
         min_p: float | None = None,
         logprobs: int | None = None,
+        stop_token_ids: tuple[int, ...] = (),
     ) -> pb.GenerateRequest:
         """A GenerateRequest.
 
         ``prompt`` is text (sent raw, or as one user message with ``chat``) or a list of messages.
         """
-        sampling = pb.SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, top_k=top_k, stop=list(stop))
+        sampling = pb.SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            top_k=top_k,
+            stop=list(stop),
+            stop_token_ids=list(stop_token_ids),
+        )
         for name, value in (
             ("temperature", temperature),
             ("top_p", top_p),

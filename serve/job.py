@@ -28,6 +28,7 @@ class Sampling:
     frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated so far
     min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped (after temperature)
     logprobs: int | None = None  # None: off; k: each token's log-probability and the k likeliest (at most 20)
+    stop_token_ids: tuple[int, ...] = ()  # ids that end the output as end-of-sequence does
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,8 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         if not -2.0 <= value <= 2.0:  # NaN fails it too
             raise InvalidArgument(f"sampling.{name}: {value} is outside -2 to 2 (0 turns it off)")
         penalties[name] = float(value)
+    if len(p.stop_token_ids) > MAX_STOP:
+        raise InvalidArgument(f"sampling.stop_token_ids: {len(p.stop_token_ids)} ids; at most {MAX_STOP}")
     logprobs = p.logprobs if p.HasField("logprobs") else None
     if logprobs is not None and logprobs > MAX_LOGPROBS:
         raise InvalidArgument(f"sampling.logprobs: {logprobs} alternatives; at most {MAX_LOGPROBS}")
@@ -139,6 +141,7 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         min_tokens=int(p.min_tokens),
         min_p=float(min_p),
         logprobs=logprobs,
+        stop_token_ids=tuple(int(i) for i in p.stop_token_ids),
         **penalties,
     )
 

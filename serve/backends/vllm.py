@@ -121,6 +121,7 @@ class Engine:
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
             min_p=p.min_p,
+            stop_token_ids=list(p.stop_token_ids),
             seed=p.seed,
             max_tokens=max(1, min(p.max_tokens, self.context_length - len(job.prompt_ids))),
             min_tokens=p.min_tokens,

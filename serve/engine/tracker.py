@@ -29,7 +29,7 @@ class Tracker:
         job = self.job
         if job.first_token is None:
             job.first_token = time.monotonic()
-        if token in self.eos:
+        if token in self.eos or token in job.sampling.stop_token_ids:
             job.emit(Event([], self.stream.flush(), finish="stop"))
             return False
         job.generated += 1

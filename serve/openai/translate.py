@@ -20,7 +20,6 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # Fields this server does not act on yet: accepted at their neutral values, refused otherwise
 # (a silently ignored penalty or schema would return something other than what was asked).
 NEUTRAL = {
-    "stop_token_ids": (None, []),
     "echo": (False,),
     "suffix": (None, ""),
 }
@@ -80,6 +79,9 @@ def _check_neutral(body) -> None:
 def sampling(body: Sampling, max_tokens: int | None) -> pb.SamplingParams:
     """The decoding settings. OpenAI's defaults where a field is left out: temperature 1, top_p 1."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    bad = [i for i in body.stop_token_ids or [] if not 0 <= i < 2**32]
+    if bad:
+        raise InvalidArgument(f"stop_token_ids: {bad[0]} is not a token id")
     params = pb.SamplingParams(
         max_tokens=max_tokens or 0,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -87,6 +89,7 @@ def sampling(body: Sampling, max_tokens: int | None) -> pb.SamplingParams:
         top_k=max(0, body.top_k or 0),  # vLLM's -1 is off, as 0 is here
         stop=stop,
         min_tokens=body.min_tokens,
+        stop_token_ids=body.stop_token_ids or [],
     )
     for name in ("repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
         if getattr(body, name) is not None:

@@ -208,3 +208,10 @@ def test_logprobs_over_20_are_refused(client):
 
     code, details = status_of(lambda: client.generate("hi", logprobs=21))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("sampling.logprobs")
+
+
+def test_stop_token_ids_end_the_output_before_the_token(client):
+    tokens = list(client.generate(PROMPTS[1], max_tokens=8, min_tokens=8).token_ids)
+    k = next(i for i in range(1, 8) if tokens[i] not in tokens[:i])
+    reply = client.generate(PROMPTS[1], max_tokens=8, stop_token_ids=(tokens[k],))
+    assert list(reply.token_ids) == tokens[:k] and reply.finish_reason == pb.FINISH_REASON_STOP

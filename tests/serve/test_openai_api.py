@@ -241,3 +241,17 @@ def test_logprobs_in_openai_shape_match_grpc(server):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tiny-onnx", messages=ASK, max_tokens=2, top_logprobs=3)
     assert e.value.body["param"] == "top_logprobs"
+
+
+def test_stop_token_ids_as_vllm_names_them(server):
+    from enclave.grpc_client import Client
+
+    with Client(f"127.0.0.1:{server.port}", timeout=60, token=server.token) as c:
+        tokens = list(c.generate("The sky is", model="tiny-onnx", max_tokens=8, min_tokens=8).token_ids)
+        k = next(i for i in range(1, 8) if tokens[i] not in tokens[:i])
+        expected = c.generate("The sky is", model="tiny-onnx", max_tokens=k).text
+    answer = sdk(server).completions.create(
+        model="tiny-onnx", prompt="The sky is", max_tokens=8, temperature=0, extra_body={"stop_token_ids": [tokens[k]]}
+    )
+    assert answer.choices[0].text == expected and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens == k
