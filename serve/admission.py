@@ -68,11 +68,12 @@ class Admission:
         self.models.check_adapter(served, request.adapter)
         limits = self.cfg.limits
         sampling = requests.sampling(request.sampling, limits)
-        if sampling.logprobs is not None and served.backend == "vllm":
-            raise FailedPrecondition(
-                f"sampling.logprobs: not available on the vllm backend of model {served.name} yet; "
-                "serve an ONNX or PyTorch artifact for log-probabilities"
-            )
+        for field, used in (("logprobs", sampling.logprobs is not None), ("response_format", sampling.grammar)):
+            if used and served.backend == "vllm":
+                raise FailedPrecondition(
+                    f"sampling.{field}: not available on the vllm backend of model {served.name} yet; "
+                    "serve an ONNX or PyTorch artifact for it"
+                )
         requests.check_bytes(request, served.tokenizer, limits.max_prompt_tokens)
         call = Call(self, served, caller, request_id)
         self.gate.enter(caller)

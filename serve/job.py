@@ -29,6 +29,7 @@ class Sampling:
     min_p: float = 0.0  # tokens less likely than min_p times the likeliest are dropped (after temperature)
     logprobs: int | None = None  # None: off; k: each token's log-probability and the k likeliest (at most 20)
     stop_token_ids: tuple[int, ...] = ()  # ids that end the output as end-of-sequence does
+    grammar: str | None = None  # llguidance grammar the output must follow (serve.structured); None: free text
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from enclave.v1 import inference_pb2 as pb
 from serve.config import LimitSettings
 from serve.errors import InvalidArgument, OutOfRange
 from serve.job import Sampling
+from serve.structured import compile_format
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 16
@@ -142,6 +143,9 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         min_p=float(min_p),
         logprobs=logprobs,
         stop_token_ids=tuple(int(i) for i in p.stop_token_ids),
+        grammar=compile_format(p.response_format.type, p.response_format.json_schema)
+        if p.HasField("response_format")
+        else None,
         **penalties,
     )
 

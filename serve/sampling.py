@@ -17,8 +17,9 @@ FLOOR = -9999.0  # the log-probability reported for a token that could not be dr
 class Sampler:
     """Picks tokens for one request."""
 
-    def __init__(self, params: Sampling, prompt_length: int = 0) -> None:
+    def __init__(self, params: Sampling, prompt_length: int = 0, constraint=None) -> None:
         self.params = params
+        self.constraint = constraint  # serve.structured.Constraint: tokens the output's grammar allows
         self.prompt_length = prompt_length  # ``seen`` starts with the prompt: its output follows
         self.rng = np.random.default_rng(params.seed)
         self.penalized = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
@@ -28,10 +29,15 @@ class Sampler:
         """The next token, given this row's logits (V,), the ids seen so far (prompt + generated)
         and ids that may not come next (end-of-sequence before ``min_tokens``)."""
         p = self.params
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
         if p.logprobs is not None:
             token, self.last = self._draw(logits, seen, banned, report=True)
-            return token
-        return self._draw(logits, seen, banned)[0]
+        else:
+            token = self._draw(logits, seen, banned)[0]
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        return token
 
     def _logprob(self, logits: np.ndarray, token: int) -> TokenLogprob:
         """``token``'s log-probability under ``logits`` and the ``logprobs`` likeliest tokens'."""

@@ -32,6 +32,7 @@ from serve.engine.tracker import Tracker
 from serve.errors import DeadlineExceeded, ResourceExhausted
 from serve.job import Event, Job, Outbox
 from serve.sampling import Sampler
+from serve.structured import Constraint
 
 log = logging.getLogger("enclave.serve.engine")
 
@@ -287,7 +288,8 @@ class StepEngine:
     def _join(self, job: Job, logits: np.ndarray, row) -> None:
         """A prompt is done: sample its first token, and decode it with the batch unless that ended it."""
         tracker = Tracker(job, self.tokenizer, self.model.context_length)
-        seq = _Seq(job, Sampler(job.sampling, len(job.prompt_ids)), tracker)
+        constraint = Constraint(self.tokenizer, job.sampling.grammar) if job.sampling.grammar else None
+        seq = _Seq(job, Sampler(job.sampling, len(job.prompt_ids), constraint), tracker)
         if self._advance(seq, logits):
             self.batch.add(row)
             self.running.append(seq)

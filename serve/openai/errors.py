@@ -39,7 +39,16 @@ def from_serve_error(exc: ServeError) -> tuple[int, dict, dict[str, str]]:
     retry_ms = dict(exc.metadata).get("grpc-retry-pushback-ms")
     if retry_ms is not None:
         headers["Retry-After"] = str(max(1, -(-int(retry_ms) // 1000)))  # whole seconds, rounded up
-    return status, body(exc.message, kind, m.group(1) if m else None, exc.code.name.lower()), headers
+    return status, body(exc.message, kind, _param(m.group(1)) if m else None, exc.code.name.lower()), headers
+
+
+def _param(field: str) -> str:
+    """A field as the gRPC request names it, as the OpenAI body does (``sampling.max_tokens`` ->
+    ``max_tokens``, ``chat.messages[0]`` -> ``messages[0]``)."""
+    for grpc_prefix, http_prefix in (("sampling.", ""), ("chat.", "")):
+        if field.startswith(grpc_prefix):
+            return http_prefix + field[len(grpc_prefix) :]
+    return field
 
 
 def from_validation(errors: list[dict]) -> dict:

@@ -9,6 +9,8 @@ where two models have an adapter of that name.
 
 from __future__ import annotations
 
+import json
+
 from enclave.v1 import inference_pb2 as pb
 from serve.errors import InvalidArgument, NotFound
 from serve.models import Models
@@ -66,11 +68,6 @@ def _check_neutral(body) -> None:
             raise InvalidArgument(
                 f"{field}: {value!r} is not supported by this server yet; leave it out (or send {neutral[-1]!r})"
             )
-    fmt = getattr(body, "response_format", None)
-    if fmt is not None and fmt.get("type") != "text":
-        raise InvalidArgument(
-            f"response_format: type {fmt.get('type')!r} is not supported by this server yet; leave it out"
-        )
     best_of = getattr(body, "best_of", None)
     if best_of not in (None, body.n):
         raise InvalidArgument(f"best_of: {best_of} is not supported; leave it out or equal to n ({body.n})")
@@ -113,7 +110,25 @@ def _request(body: Sampling, models: Models, max_tokens: int | None, logprobs: i
     )
     if logprobs is not None:
         request.sampling.logprobs = logprobs
+    fmt = getattr(body, "response_format", None)
+    if fmt is not None:
+        request.sampling.response_format.CopyFrom(response_format(fmt))
     return request
+
+
+def response_format(fmt: dict) -> pb.ResponseFormat:
+    """OpenAI's ``response_format`` (``{"type": "json_schema", "json_schema": {"name", "schema",
+    "strict"}}``, ``{"type": "json_object"}``, ``{"type": "text"}``) as the gRPC message."""
+    kind = fmt.get("type")
+    if not isinstance(kind, str):
+        raise InvalidArgument("response_format.type: give text, json_object or json_schema")
+    if kind != "json_schema":
+        return pb.ResponseFormat(type=kind)
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidArgument("response_format.json_schema.schema: give the JSON schema (an object)")
+    return pb.ResponseFormat(type=kind, json_schema=json.dumps(schema))
 
 
 def text(message: Message, i: int) -> str:

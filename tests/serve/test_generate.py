@@ -215,3 +215,54 @@ def test_stop_token_ids_end_the_output_before_the_token(client):
     k = next(i for i in range(1, 8) if tokens[i] not in tokens[:i])
     reply = client.generate(PROMPTS[1], max_tokens=8, stop_token_ids=(tokens[k],))
     assert list(reply.token_ids) == tokens[:k] and reply.finish_reason == pb.FINISH_REASON_STOP
+
+
+EXTRACTION = {
+    "type": "object",
+    "properties": {
+        "urgent": {"type": "boolean"},
+        "dose_mg": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "route": {"enum": ["oral", "iv", "im"]},
+        "note": {"type": "string", "maxLength": 12},
+    },
+    "required": ["urgent", "dose_mg", "route", "note"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("model", ["tiny-onnx", "tiny"])
+def test_json_schema_answers_parse_and_validate(client, model):
+    """A random tiny model, constrained: every answer is JSON that the schema accepts, sampled or greedy."""
+    import json
+
+    import jsonschema
+
+    fmt = pb.ResponseFormat(type="json_schema", json_schema=json.dumps(EXTRACTION))
+    for i, prompt in enumerate(PROMPTS):
+        request = client.request(prompt, model=model, max_tokens=96, temperature=(0.0, 1.0)[i % 2], seed=i)
+        request.sampling.response_format.CopyFrom(fmt)
+        reply = client.inference.Generate(request, metadata=client.metadata, timeout=60)
+        assert reply.finish_reason == pb.FINISH_REASON_STOP, reply.text
+        jsonschema.validate(json.loads(reply.text), EXTRACTION)
+    # Any object: a random model may not close it within max_tokens, but what it writes is an object's start
+    request = client.request(PROMPTS[0], model=model, max_tokens=24)
+    request.sampling.response_format.CopyFrom(pb.ResponseFormat(type="json_object"))
+    reply = client.inference.Generate(request, metadata=client.metadata)
+    assert reply.text.startswith("{")
+    if reply.finish_reason == pb.FINISH_REASON_STOP:
+        assert isinstance(json.loads(reply.text), dict)
+
+
+def test_schemas_the_engine_cannot_use_are_refused_naming_the_keyword(client):
+    from tests.serve.conftest import status_of
+
+    for fmt, words in (
+        (pb.ResponseFormat(type="json_schema", json_schema='{"type": "strnig"}'), "strnig"),
+        (pb.ResponseFormat(type="json_schema", json_schema="{not json"), "not JSON"),
+        (pb.ResponseFormat(type="yaml"), "sampling.response_format.type"),
+    ):
+        request = client.request("hi", max_tokens=4)
+        request.sampling.response_format.CopyFrom(fmt)
+        code, details = status_of(lambda r=request: client.inference.Generate(r, metadata=client.metadata))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("sampling.response_format")
+        assert words in details

@@ -28,7 +28,7 @@ def server(serve_repo, tmp_path_factory):
         http_port=0,
         auth__tokens_file=str(path),
         adapters={"tiny-onnx": ["facts"]},
-        limits__max_new_tokens=64,
+        limits__max_new_tokens=128,
         limits__default_new_tokens=32,
         limits__max_message_bytes=64 * 1024,
     )
@@ -255,3 +255,25 @@ def test_stop_token_ids_as_vllm_names_them(server):
     )
     assert answer.choices[0].text == expected and answer.choices[0].finish_reason == "stop"
     assert answer.usage.completion_tokens == k
+
+
+def test_json_schema_response_format(server):
+    import jsonschema
+
+    from tests.serve.test_generate import EXTRACTION
+
+    client = sdk(server)
+    fmt = {"type": "json_schema", "json_schema": {"name": "order", "schema": EXTRACTION, "strict": True}}
+    for temperature in (0.0, 1.0):
+        answer = client.chat.completions.create(
+            model="tiny-onnx", messages=ASK, max_tokens=128, temperature=temperature, seed=3, response_format=fmt
+        )
+        assert answer.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(answer.choices[0].message.content), EXTRACTION)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="tiny-onnx",
+            messages=ASK,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}},
+        )
+    assert e.value.body["param"] == "response_format.json_schema" and "strnig" in e.value.body["message"]
