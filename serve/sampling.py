@@ -31,6 +31,8 @@ class Sampler:
         p = self.params
         if self.constraint is not None:
             logits = self.constraint.mask(logits)
+            if banned and not np.isfinite(np.delete(logits, list(banned))).any():
+                banned = ()  # the grammar is complete: its end wins over min_tokens
         if p.logprobs is not None:
             token, self.last = self._draw(logits, seen, banned, report=True)
         else:

@@ -266,3 +266,18 @@ def test_schemas_the_engine_cannot_use_are_refused_naming_the_keyword(client):
         code, details = status_of(lambda r=request: client.inference.Generate(r, metadata=client.metadata))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("sampling.response_format")
         assert words in details
+
+
+def test_a_complete_grammar_ends_the_answer_before_min_tokens(client):
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    request = client.request(PROMPTS[0], max_tokens=40, min_tokens=40)
+    request.sampling.response_format.CopyFrom(pb.ResponseFormat(type="json_schema", json_schema=json.dumps(schema)))
+    reply = client.inference.Generate(request, metadata=client.metadata)
+    assert reply.finish_reason == pb.FINISH_REASON_STOP and json.loads(reply.text) in ({"ok": True}, {"ok": False})
