@@ -442,7 +442,8 @@ def http_api(r: dict) -> str:
     runs = r["runs"]
     return (
         f"Run {r['date']}, {r['threads']} threads, SmolLM2-135M-Instruct ONNX int8, {r['streams']} streams, "
-        f"{r['requests']} requests of {r['decode_tokens']} tokens each way; the better of two runs each "
+        f"{r['requests']} requests of {r['decode_tokens']} tokens each way; "
+        f"the best of {len(runs['grpc'])} runs each "
         f"(gRPC {', '.join(f'{x:.1f}' for x in runs['grpc'])}; HTTP {', '.join(f'{x:.1f}' for x in runs['http'])} "
         f"tokens/s).\n\n"
         + table(["bar", "value", "bar", ""], rows, "lrrl")
