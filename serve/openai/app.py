@@ -110,10 +110,12 @@ class OpenAIApi:
         return JSONResponse({"object": "list", "data": data})
 
     async def chat(self, request: Request) -> Response:
+        self.admission.reader(HttpContext(request))  # who calls, before the body names any model
         body = await self._body(request, ChatRequest)
         return await self._generate(request, body, translate.chat(body, self.models), chat=True)
 
     async def completions(self, request: Request) -> Response:
+        self.admission.reader(HttpContext(request))
         body = await self._body(request, CompletionRequest)
         return await self._generate(request, body, translate.completion(body, self.models), chat=False)
 

@@ -123,6 +123,9 @@ def test_errors_have_openai_shape_and_status(server):
     assert e.value.body["param"] == "max_tokens" or "max_tokens" in e.value.body["message"]
     with pytest.raises(openai.AuthenticationError):
         sdk(server, token="not-a-token").chat.completions.create(model="tiny-onnx", messages=ASK)
+    with pytest.raises(openai.AuthenticationError) as e:  # no token: not even which models exist
+        sdk(server, token="not-a-token").chat.completions.create(model="nope", messages=ASK)
+    assert "tiny-onnx" not in e.value.body["message"]
     with pytest.raises(openai.PermissionDeniedError):
         sdk(server, token=server.only_tiny).chat.completions.create(model="tiny-onnx", messages=ASK)
     with pytest.raises(openai.BadRequestError) as e:
