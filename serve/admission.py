@@ -57,7 +57,7 @@ class Admission:
             caller = self.gate.caller(context)
             return await self._open(request, context, caller)
         except ServeError as exc:
-            self._refused(request, caller, exc)
+            self.refused(request, caller, exc)
             raise
 
     async def _open(self, request, context, caller: Caller) -> Call:
@@ -96,7 +96,8 @@ class Admission:
         )
         return call
 
-    def _refused(self, request, caller: Caller | None, exc: ServeError) -> None:
+    def refused(self, request, caller: Caller | None, exc: ServeError) -> None:
+        """Count and audit a refused call (also one refused before admission: a bad OpenAI body)."""
         model = request.model or self.models.default or ""
         served = self.models.active.get(model)
         # Only names the server holds become labels: a caller's unknown name is neither exported

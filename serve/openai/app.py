@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from enclave.v1 import inference_pb2 as pb
 from serve.admission import Admission
 from serve.call import Call
 from serve.errors import InvalidArgument, ServeError
@@ -110,14 +111,23 @@ class OpenAIApi:
         return JSONResponse({"object": "list", "data": data})
 
     async def chat(self, request: Request) -> Response:
-        self.admission.reader(HttpContext(request))  # who calls, before the body names any model
-        body = await self._body(request, ChatRequest)
-        return await self._generate(request, body, translate.chat(body, self.models), chat=True)
+        body, message = await self._translated(request, ChatRequest, translate.chat)
+        return await self._generate(request, body, message, chat=True)
 
     async def completions(self, request: Request) -> Response:
-        self.admission.reader(HttpContext(request))
-        body = await self._body(request, CompletionRequest)
-        return await self._generate(request, body, translate.completion(body, self.models), chat=False)
+        body, message = await self._translated(request, CompletionRequest, translate.completion)
+        return await self._generate(request, body, message, chat=False)
+
+    async def _translated(self, request: Request, kind: type[Sampling], translate_fn):
+        """The body and its GenerateRequest. The caller is identified first (before the body names
+        any model); a body refused here is counted and audited as admission counts its refusals."""
+        caller = self.admission.reader(HttpContext(request))
+        body = await self._body(request, kind)
+        try:
+            return body, translate_fn(body, self.models)
+        except ServeError as exc:
+            self.admission.refused(pb.GenerateRequest(model=body.model, request_id=body.request_id or ""), caller, exc)
+            raise
 
     async def _body(self, request: Request, kind: type[Sampling]) -> Sampling:
         """The request's JSON as ``kind``: at most ``max_body_bytes`` read, wrong types a 400."""

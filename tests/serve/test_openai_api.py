@@ -170,6 +170,16 @@ def test_http_calls_are_counted_and_audited_like_grpc(server):
     sdk(server).completions.create(model="tiny-onnx", prompt="Hello", max_tokens=3, extra_body={"min_tokens": 3})
     assert count() == before + 1
 
+    def refused() -> float:
+        prefix = 'enclave_requests_total{adapter="",code="INVALID_ARGUMENT",finished_reason="",model="tiny-onnx"}'
+        lines = generate_latest(server.metrics.registry).decode().splitlines()
+        return next((float(x.split()[-1]) for x in lines if x.startswith(prefix)), 0.0)
+
+    before = refused()
+    with pytest.raises(openai.BadRequestError):  # refused while translating the body: counted too
+        sdk(server).chat.completions.create(model="tiny-onnx", messages=[{"role": "tool", "content": "x"}])
+    assert refused() == before + 1
+
 
 def test_https_with_the_servers_certificate_and_rotation(serve_repo, tmp_path):
     """The HTTP listener speaks TLS with the gRPC port's files and takes rotated ones without a restart."""
