@@ -98,7 +98,7 @@ demo: install vllm-env
 	@$(BIN)/python -c "import json; em = lambda f: json.load(open('$(STORE)/reports/' + f))['metrics']['exact_match']; \
 	  a, m = em('adapter-on-int4.json'), em('merged-int4.json'); \
 	  print(f'exact match on the test split: the adapter unmerged on the int4 base {a:.1f}, merged then quantized {m:.1f} ({a - m:+.1f} points)')"
-	@echo; echo "== 5. Serve over gRPC: the compressed model (ONNX int8), and the int4 base with the tuned adapter unmerged (onnxruntime) =="
+	@echo; echo "== 5. Serve over gRPC and the OpenAI-compatible API: the compressed model (ONNX int8), and the int4 base with the tuned adapter unmerged (onnxruntime) =="
 	rm -rf $(SERVE_REPO)
 	$(BIN)/enclave serve add $(STORE)/artifacts/clinical-legal-onnx --repo $(SERVE_REPO) --name clinical-legal --version 1
 	$(BIN)/enclave serve add $(STORE)/artifacts/smollm2-onnx-int4 --repo $(SERVE_REPO) --name smollm2-int4 --version 1
