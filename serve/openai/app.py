@@ -192,6 +192,9 @@ class Answer:
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
         self.tasks: list[asyncio.Task] = []
+        # completions' echo: the prompt text before each choice's completion
+        prompt = getattr(body, "prompt", None)
+        self.echo = (prompt if isinstance(prompt, str) else prompt[0]) if getattr(body, "echo", False) else ""
 
     def close(self) -> None:
         for task in self.tasks:
@@ -256,7 +259,7 @@ class Answer:
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
-                choice["text"] = text
+                choice["text"] = self.echo + text
             choices.append(choice)
         return {
             "id": self.id,
@@ -303,9 +306,9 @@ class Answer:
                 await queue.put((i, None, None))
 
         try:
-            if self.chat:
+            if self.chat or self.echo:
                 for i in range(len(self.calls)):
-                    yield sse(self._chunk(i, None, None, first=True))
+                    yield sse(self._chunk(i, self.echo or None, None, first=self.chat))
             self.tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(self.calls)]
             running, sent = len(self.calls), [0] * len(self.calls)  # characters sent per choice
             while running:

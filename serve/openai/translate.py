@@ -22,7 +22,6 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # Fields this server does not act on yet: accepted at their neutral values, refused otherwise
 # (a silently ignored penalty or schema would return something other than what was asked).
 NEUTRAL = {
-    "echo": (False,),
     "suffix": (None, ""),
 }
 
@@ -172,6 +171,8 @@ def completion(body: CompletionRequest, models: Models) -> pb.GenerateRequest:
         prompt = prompt[0]
     if isinstance(body.logprobs, bool) or (body.logprobs is not None and not 0 <= body.logprobs <= 20):
         raise InvalidArgument(f"logprobs: {body.logprobs!r}; completions take how many alternatives, 0 to 20")
+    if body.echo and body.logprobs is not None:
+        raise InvalidArgument("echo: with logprobs the prompt's log-probabilities would be due too; ask for one")
     request = _request(body, models, body.max_tokens, body.logprobs)
     request.prompt = prompt
     return request

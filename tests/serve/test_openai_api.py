@@ -290,3 +290,17 @@ def test_json_schema_response_format(server):
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}},
         )
     assert e.value.body["param"] == "response_format.json_schema" and "strnig" in e.value.body["message"]
+
+
+def test_echo_puts_the_prompt_before_the_completion(server):
+    client = sdk(server)
+    plain = client.completions.create(model="tiny-onnx", prompt="The sky is", max_tokens=5, temperature=0)
+    echoed = client.completions.create(model="tiny-onnx", prompt="The sky is", max_tokens=5, temperature=0, echo=True)
+    assert echoed.choices[0].text == "The sky is" + plain.choices[0].text
+    streamed = client.completions.create(
+        model="tiny-onnx", prompt="The sky is", max_tokens=5, temperature=0, echo=True, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny-onnx", prompt="x", max_tokens=2, echo=True, logprobs=1)
+    assert e.value.body["param"] == "echo"
