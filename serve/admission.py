@@ -18,7 +18,7 @@ from serve.audit import Audit
 from serve.auth import Caller
 from serve.call import Call
 from serve.config import ServeConfig
-from serve.errors import FailedPrecondition, OutOfRange, ServeError
+from serve.errors import FailedPrecondition, InvalidArgument, OutOfRange, ServeError
 from serve.gate import Gate
 from serve.job import Job
 from serve.metrics import Metrics
@@ -75,7 +75,10 @@ class Admission:
                     "serve an ONNX or PyTorch artifact for it"
                 )
         requests.check_bytes(request, served.tokenizer, limits.max_prompt_tokens)
+        if len(request.user) > 256:
+            raise InvalidArgument(f"user: {len(request.user)} characters; at most 256")
         call = Call(self, served, caller, request_id)
+        call.user = request.user
         self.gate.enter(caller)
         call.entered = True
         try:

@@ -11,9 +11,12 @@ logger (chained too, from the genesis value at each start).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -42,10 +45,20 @@ class Audit:
         self.size = 0
         self.seq, self.head = 0, GENESIS
         self.closed = False
+        self._user_key: bytes | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _set_aside_unchained(self.path)
             self._open()
+
+    def pseudonym(self, user: str) -> str:
+        """A caller's end-user id as the audit log keeps it: HMAC-SHA256 under this log's own key
+        (``FILE.key``, 32 random bytes made at first start, mode 0600; in memory for a log without
+        a file), never the id itself. The same user maps to the same value across restarts, and
+        without the key a list of employee numbers cannot be tried against it."""
+        if self._user_key is None:
+            self._user_key = _user_key(self.path)
+        return "hmac:" + hmac.new(self._user_key, user.encode(), hashlib.sha256).hexdigest()[:32]
 
     def record(self, **fields) -> None:
         """Append one line: ``seq``, ``prev`` and ``time``, then ``fields`` (JSON values, never text a user wrote).
@@ -170,3 +183,18 @@ def _set_aside_unchained(path: Path) -> None:
         aside = path.with_name(f"{path.name}.unchained-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
         path.rename(aside)
         log.warning("audit log %s has lines without a hash chain (written before it existed): moved to %s", path, aside)
+
+
+def _user_key(path: Path | None) -> bytes:
+    """The audit log's key for end-user pseudonyms: read from FILE.key, made there (0600) if missing."""
+    if path is None:
+        return secrets.token_bytes(32)
+    key_file = path.with_name(path.name + ".key")
+    try:
+        return key_file.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key

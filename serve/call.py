@@ -45,6 +45,7 @@ class Call:
 
     def __init__(self, admission, served: Served, caller: Caller, request_id: str) -> None:
         self.admission, self.served, self.caller, self.request_id = admission, served, caller, request_id
+        self.user = ""  # the end user's id (audited as a keyed hash only)
         self.job: Job | None = None
         self.entered = False
         self.finish: str | None = None
@@ -148,4 +149,5 @@ class Call:
             status=code.name,
             finish=self.finish or "",
             latency_seconds=round(time.monotonic() - job.arrived, 4),
+            **({"user": self.admission.audit.pseudonym(self.user)} if self.user else {}),
         )

@@ -102,6 +102,7 @@ def _request(body: Sampling, models: Models, max_tokens: int | None, logprobs: i
     model, version, adapter = resolve(models, body.model)
     request = pb.GenerateRequest(
         request_id=body.request_id or "",
+        user=body.user or "",
         model=model,
         model_version=version,
         adapter=adapter,

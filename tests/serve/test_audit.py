@@ -229,3 +229,31 @@ def test_without_a_file_lines_go_to_the_logger_chained(caplog):
     entries = [json.loads(r) for r in raw]
     assert [e["seq"] for e in entries] == [1, 2] and entries[0]["prev"] == GENESIS
     assert entries[1]["prev"] == line_hash(raw[0]) and entries[1]["status"] == "NOT_FOUND"
+
+
+def test_end_users_are_keyed_pseudonyms_stable_across_restarts(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    a = Audit(str(path))
+    first = a.pseudonym("nurse-0042")
+    assert first.startswith("hmac:") and "0042" not in first and first != a.pseudonym("nurse-0043")
+    key = path.with_name("audit.jsonl.key")
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    a.close()
+    assert Audit(str(path)).pseudonym("nurse-0042") == first  # the same key after a restart
+    other = tmp_path / "other" / "audit.jsonl"
+    assert Audit(str(other)).pseudonym("nurse-0042") != first  # another server's log: another key
+
+
+def test_the_openai_user_field_is_audited_only_as_a_pseudonym(serve_repo, tmp_path):
+    import json
+
+    openai = pytest.importorskip("openai")
+    from tests.serve.conftest import running, serve_config
+
+    log = tmp_path / "audit.jsonl"
+    with running(serve_config(serve_repo, http_port=0, audit_log=str(log))) as server:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0)
+        client.completions.create(model="tiny-onnx", prompt="Hi", max_tokens=2, user="dr.jones@ward7")
+        pseudonym = server.audit.pseudonym("dr.jones@ward7")
+    text = log.read_text()
+    assert "dr.jones" not in text and json.loads(text.splitlines()[-1])["user"] == pseudonym
