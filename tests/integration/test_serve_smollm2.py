@@ -215,3 +215,75 @@ def test_adapter_unmerged_on_onnxruntime_equals_peft(store, quick_adapter, tmp_p
         lm = tuned if a else base
         assert got == generate(lm, tok, q, GenerateConfig(max_new_tokens=32)).text, (q, a)
     assert single[0] != single[1]  # the adapter changes the answer
+
+
+MEDICATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["drug", "dose_mg", "route", "as_needed"],
+    "properties": {
+        "drug": {"type": "string", "maxLength": 40},
+        "dose_mg": {"type": "number", "minimum": 0, "maximum": 5000},
+        "route": {"enum": ["oral", "intravenous", "intramuscular", "subcutaneous", "topical"]},
+        "as_needed": {"type": "boolean"},
+    },
+}
+DISCHARGE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["age", "diagnosis", "disposition", "stable"],
+    "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "diagnosis": {"type": "string", "maxLength": 60},
+        "disposition": {"enum": ["home", "rehabilitation", "nursing facility", "transferred", "deceased"]},
+        "stable": {"type": "boolean"},
+    },
+}
+CLAUSE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["clause_type", "obliged_party", "mutual"],
+    "properties": {
+        "clause_type": {"enum": ["indemnity", "limitation of liability", "termination", "confidentiality", "payment"]},
+        "obliged_party": {"type": "string", "maxLength": 40},
+        "mutual": {"type": "boolean"},
+        "notice_days": {"type": "integer", "minimum": 0, "maximum": 3650},
+    },
+}
+EXTRACTIONS = [
+    (MEDICATION, "Chart note: metoprolol 25 mg PO BID for hypertension."),
+    (MEDICATION, "Chart note: morphine 2 mg IV q4h PRN for severe pain."),
+    (MEDICATION, "Chart note: amoxicillin 500 mg PO TID for 7 days."),
+    (
+        DISCHARGE,
+        "67-year-old admitted with community-acquired pneumonia, treated with ceftriaxone, discharged home, stable.",
+    ),
+    (CLAUSE, "The Supplier shall indemnify the Customer against all losses arising from a breach of this Agreement."),
+    (CLAUSE, "Either party may terminate this Agreement on 30 days' written notice."),
+    (CLAUSE, "The Recipient shall keep all Confidential Information secret for five years."),
+    (CLAUSE, "The Customer shall pay each invoice within 45 days of its date."),
+]
+
+
+def test_json_schema_extractions_are_all_valid(server):
+    """#19's bar on SmolLM2: every clinical and legal extraction parses and validates against its schema."""
+    import json
+
+    import jsonschema
+
+    with Client(f"127.0.0.1:{server.port}") as c:
+        for schema, text in EXTRACTIONS:
+            request = c.request(
+                [
+                    {"role": "system", "content": "Extract the fields of the text as JSON."},
+                    {"role": "user", "content": text},
+                ],
+                model="smollm2-int4",
+                max_tokens=160,
+            )
+            request.sampling.response_format.CopyFrom(
+                pb.ResponseFormat(type="json_schema", json_schema=json.dumps(schema))
+            )
+            reply = c.inference.Generate(request, timeout=300)
+            assert reply.finish_reason == pb.FINISH_REASON_STOP, (text, reply.text)
+            jsonschema.validate(json.loads(reply.text), schema)
