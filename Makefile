@@ -151,6 +151,7 @@ bench: install bench-env
 	$(BIN)/python -m tests.bench.serving --llama $(LLAMA) --llama-python $(BENCH_VENV)/bin/python --out bench-results
 	$(BIN)/python -m tests.bench.engine --out bench-results
 	$(BIN)/python -m tests.bench.http_api --out bench-results
+	$(BIN)/python -m tests.bench.structured --out bench-results
 	$(BIN)/python -m tests.bench.report --results bench-results --md BENCHMARKS.md
 
 # Ruff (pinned in the dev extra) checks and formats every Python file but the generated stubs.

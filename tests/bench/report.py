@@ -27,6 +27,7 @@ COMMANDS = [
     "python -m tests.bench.serving --llama $LLAMA --llama-python .venv-bench/bin/python --out bench-results",
     "python -m tests.bench.engine --out bench-results",
     "python -m tests.bench.http_api --out bench-results",
+    "python -m tests.bench.structured --out bench-results",
     "python -m tests.bench.report",
 ]
 PLOT = Path("bench-plots") / "quality_speed.png"  # beside BENCHMARKS.md
@@ -456,6 +457,25 @@ def http_api(r: dict) -> str:
     )
 
 
+def structured(r: dict) -> str:
+    """Structured output's cost: JSON-schema answers against free ones."""
+    rows = [
+        [b["what"], f"{b['value']:.2f}", f">= {b['threshold']:g}", "met" if b["met"] else "**missed**"]
+        for b in r["bars"].values()
+    ]
+    figures = [
+        ["1 stream, decode tokens/s", f"{r['free_1']:.1f}", f"{r['json_1']:.1f}"],
+        [f"{r['streams']} streams, tokens/s", f"{r['free_8']:.1f}", f"{r['json_8']:.1f}"],
+    ]
+    return (
+        f"Run {r['date']}, {r['threads']} threads, SmolLM2-135M-Instruct ONNX int8, {r['tokens']} tokens an answer; "
+        "the schema: one string of 600 to 900 characters (so both answers run to the same length).\n\n"
+        + table(["bar", "value", "bar", ""], rows, "lrrl")
+        + "\n\n"
+        + table(["", "free", "JSON schema"], figures, "lrr")
+    )
+
+
 # section name: (the result it is written from, the writer)
 SECTIONS = {
     "header": (None, header),
@@ -463,6 +483,7 @@ SECTIONS = {
     "quality_speed": ("serving", quality_speed_section),
     "engine": ("engine", engine),
     "http_api": ("http_api", http_api),
+    "structured": ("structured", structured),
     "tune_speed": ("tune_speed", tune),
     "prune_quality": ("prune_quality", prune),
     "quantize_quality": ("quantize_quality", quantize),

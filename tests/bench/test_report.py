@@ -255,3 +255,19 @@ def test_render_writes_the_http_api_section():
     )
     assert "8 streams through the OpenAI HTTP API / through gRPC, tokens/s | 0.95 | >= 0.9 | met" in md
     assert "| OpenAI HTTP | 237.5 |" in md and "gRPC 240.0, 250.0" in md
+
+
+def test_render_writes_the_structured_section():
+    from tests.bench.structured import BARS
+
+    bars = {k: {"what": w, "value": 0.93, "threshold": t, "higher": up, "met": True} for k, (w, t, up) in BARS.items()}
+    r = {"date": "2026-12-02", "threads": 2, "tokens": 128, "streams": 8, "bars": bars}
+    r.update({"free_1": 91.4, "json_1": 92.6, "free_8": 278.0, "json_8": 259.0})
+    md = report.render(
+        "<!-- generated:header -->\n<!-- /generated:header -->\n"
+        "<!-- generated:structured -->\n<!-- /generated:structured -->\n",
+        {"structured": r},
+        {"machine": report.machine(), "versions": {}},
+    )
+    assert "| 8 streams, JSON-schema answers / free answers, tokens/s | 0.93 | >= 0.85 | met |" in md
+    assert "| 8 streams, tokens/s | 278.0 | 259.0 |" in md
