@@ -140,8 +140,9 @@ bench-env: install $(BENCH_STAMP)
 
 # Enclave against llama.cpp (four quantizations, llama-server and llama-bench), transformers and
 # onnxruntime-genai, the tuning loop against PEFT + Trainer, the compression bars, and the
-# onnxruntime engine's adapters, prefix cache and chunked prefill (about 40 minutes on 2 cores
-# once llama.cpp is built; its GGUF files are made once, beside the build):
+# onnxruntime engine's adapters, prefix cache and chunked prefill, the OpenAI API against gRPC
+# and structured output's cost (about 45 minutes on 2 cores once llama.cpp is built; its GGUF
+# files are made once, beside the build):
 # raw JSON in bench-results/, then BENCHMARKS.md's generated sections, BENCHMARKS.json and
 # bench-plots/quality_speed.png.
 bench: install bench-env
