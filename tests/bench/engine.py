@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tests.bench.compress_quality import save
 from tests.bench.serving import enclave_server, export
-from tests.bench.workload import OPENINGS, memory_mb, percentile, stream_stats, windows
+from tests.bench.workload import OPENINGS, judged, memory_mb, percentile, print_bars, stream_stats, windows
 
 ROOT = Path(__file__).resolve().parents[2]
 DECODE = 96  # tokens per decode request
@@ -234,19 +234,9 @@ def main() -> None:
         "arrival_itl": r["arrival"]["p99_ms"] / r["arrival"]["median_ms"],
         "adapter_memory": (rss[10] - rss[0]) / r["adapter_files_mb"],
     }
-    r["bars"] = {
-        k: {
-            "what": what,
-            "value": values[k],
-            "threshold": t,
-            "higher": up,
-            "met": values[k] >= t if up else values[k] <= t,
-        }
-        for k, (what, t, up) in BARS.items()
-    }
+    r["bars"] = judged(BARS, values)
     save(args.out, "engine", r)
-    for b in r["bars"].values():
-        print(f"{b['what']}: {b['value']:.2f} (bar {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
+    print_bars(r["bars"])
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tests.bench.compress_quality import save
 from tests.bench.engine import DECODE, server, streams
-from tests.bench.serving import export, free_port
-from tests.bench.workload import OPENINGS
+from tests.bench.serving import free_port, int8_repo
+from tests.bench.workload import OPENINGS, judged, print_bars
 
 STREAMS, REQUESTS, ROUNDS = 8, 24, 3
 BARS = {  # name: (what, threshold, higher is better)
@@ -62,14 +62,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    from enclave.repository import Repository
-
     r: dict = {"threads": args.threads, "streams": STREAMS, "requests": REQUESTS, "decode_tokens": DECODE}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("http bench: export int8", flush=True)
-        repo = Repository(work / "repo")
-        repo.add(export(args.model, "int8", work), "bench", "1")
+        repo = int8_repo(args.model, work)
         port = free_port()
         with server(repo.root, [], args.threads, f"http_port={port}") as (target, _):
             grpc_runs, http_runs = [], []
@@ -80,19 +77,9 @@ def main() -> None:
     r["grpc_8"], r["http_8"] = max(grpc_runs), max(http_runs)
     r["runs"] = {"grpc": grpc_runs, "http": http_runs}
     values = {"http_8_vs_grpc": r["http_8"] / r["grpc_8"]}
-    r["bars"] = {
-        k: {
-            "what": what,
-            "value": values[k],
-            "threshold": t,
-            "higher": up,
-            "met": values[k] >= t if up else values[k] <= t,
-        }
-        for k, (what, t, up) in BARS.items()
-    }
+    r["bars"] = judged(BARS, values)
     save(args.out, "http_api", r)
-    for b in r["bars"].values():
-        print(f"{b['what']}: {b['value']:.2f} (bar {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
+    print_bars(r["bars"])
 
 
 if __name__ == "__main__":

@@ -140,6 +140,15 @@ def export(model: str, precision: str, work: Path) -> Path:
     )
 
 
+def int8_repo(model: str, work: Path):
+    """A serve repository in ``work`` holding ``model``'s ONNX int8 export as the model "bench"."""
+    from enclave.repository import Repository
+
+    repo = Repository(work / "repo")
+    repo.add(export(model, "int8", work), "bench", "1")
+    return repo
+
+
 def heldout_ids(model: Path) -> list[int]:
     """The token ids every engine's perplexity is computed on: the held-out text as
     compress.text.perplexity tokenizes it (the model's tokenizer, no special tokens)."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tests.bench.compress_quality import save
 from tests.bench.engine import server
-from tests.bench.serving import export
-from tests.bench.workload import OPENINGS
+from tests.bench.serving import int8_repo
+from tests.bench.workload import OPENINGS, judged, print_bars
 
 TOKENS, STREAMS, REQUESTS, ROUNDS = 128, 8, 16, 3
 SCHEMA = {
@@ -66,14 +66,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    from enclave.repository import Repository
-
     r: dict = {"threads": args.threads, "tokens": TOKENS, "streams": STREAMS, "schema": SCHEMA}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("structured bench: export int8", flush=True)
-        repo = Repository(work / "repo")
-        repo.add(export(args.model, "int8", work), "bench", "1")
+        repo = int8_repo(args.model, work)
         with server(repo.root, [], args.threads) as (target, _):
             one(target, 0, True)
             one(target, 0, False)
@@ -85,13 +82,9 @@ def main() -> None:
                     best[f"{key}_8"] = max(best[f"{key}_8"], streams(target, constrained))
     r.update(best)
     values = {"json_1_vs_free": best["json_1"] / best["free_1"], "json_8_vs_free": best["json_8"] / best["free_8"]}
-    r["bars"] = {
-        k: {"what": what, "value": values[k], "threshold": t, "higher": up, "met": values[k] >= t}
-        for k, (what, t, up) in BARS.items()
-    }
+    r["bars"] = judged(BARS, values)
     save(args.out, "structured", r)
-    for b in r["bars"].values():
-        print(f"{b['what']}: {b['value']:.2f} (bar {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
+    print_bars(r["bars"])
 
 
 if __name__ == "__main__":

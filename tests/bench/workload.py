@@ -162,3 +162,23 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def judged(spec: dict, values: dict) -> dict:
+    """Each bar of ``spec`` (name: (what, threshold, higher is better)) with its value and whether it is met."""
+    return {
+        k: {
+            "what": what,
+            "value": values[k],
+            "threshold": t,
+            "higher": up,
+            "met": values[k] >= t if up else values[k] <= t,
+        }
+        for k, (what, t, up) in spec.items()
+    }
+
+
+def print_bars(bars: dict) -> None:
+    """One line per bar, for the person running the bench."""
+    for b in bars.values():
+        print(f"{b['what']}: {b['value']:.2f} (bar {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
