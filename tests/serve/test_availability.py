@@ -17,7 +17,7 @@ from tests.serve.conftest import running, serve_config, status_of
 # 20 hostile calls from another process (as from another machine): Generate and CountTokens with
 # about 4 MB of text, and with text just under the byte bound, which the server must tokenize.
 HOSTILE = """
-import concurrent.futures as cf, json, sys
+import concurrent.futures as cf, json, sys, time
 import grpc
 from enclave.grpc_client import Client
 target, near = sys.argv[1], "x" * int(sys.argv[2])
@@ -32,7 +32,9 @@ def hostile(i):
         except grpc.RpcError as e:
             return [e.code().name, e.details()]
 with cf.ThreadPoolExecutor(20) as pool:
-    print(json.dumps(list(pool.map(hostile, range(20)))))
+    started = time.monotonic()
+    results = list(pool.map(hostile, range(20)))
+    print(json.dumps({"results": results, "window": [started, time.monotonic()]}))
 """
 
 
@@ -80,10 +82,10 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
             with Client(target, timeout=5) as c:
                 c.health()
                 while not stop.is_set():
-                    started = time.perf_counter()
+                    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for both processes
                     assert c.health() == "SERVING"
-                    samples.append(time.perf_counter() - started)
-                    time.sleep(0.01)
+                    samples.append((started, time.monotonic() - started))
+                    time.sleep(0.005)
 
         watcher = threading.Thread(target=probe)
         watcher.start()
@@ -92,12 +94,15 @@ def test_huge_prompts_leave_health_answering_within_100ms(serve_repo):
         )
         stop.set()
         watcher.join()
-        results = json.loads(out.stdout)
+        report = json.loads(out.stdout)
+        results, (first, last) = report["results"], report["window"]
         assert {code for code, _ in results} == {"OUT_OF_RANGE"}, out.stderr
         assert any("characters cannot fit" in d for _, d in results) and any("characters" not in d for _, d in results)
-        assert len(samples) > 20 and max(samples) < 0.1, (
-            f"health took {max(samples) * 1000:.0f} ms while 20 huge prompts were refused"
-        )
+        during = [took for at, took in samples if first <= at <= last]
+        # the probe answered while the refusals ran (however fast they were), and every answer was quick
+        assert len(during) >= 3, f"{len(during)} health probes in the {last - first:.3f} s of refusals"
+        worst = max(took for _, took in samples)
+        assert worst < 0.1, f"health took {worst * 1000:.0f} ms while 20 huge prompts were refused"
         with Client(target, timeout=30) as c:
             assert c.generate("Blood", max_tokens=3).usage.completion_tokens == 3
     finally:
