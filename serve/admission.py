@@ -42,12 +42,13 @@ class Admission:
         """Stop the tokenizer thread (calls waiting on it are cancelled)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def open(self, request, context) -> Call:
+    async def open(self, request, context, api: str = "grpc") -> Call:
         """Admit a GenerateRequest, or raise the ServeError that refuses it (counted and audited).
 
         Args:
             request: the ``enclave.v1.GenerateRequest``.
             context: the call's context (metadata for the caller, its deadline, its peer).
+            api: which API the call came through, "grpc" or "http" (a metrics label).
 
         Returns:
             A ``Call`` holding one of the caller's slots and its ``Job``, not yet submitted.
@@ -55,12 +56,12 @@ class Admission:
         caller = None
         try:
             caller = self.gate.caller(context)
-            return await self._open(request, context, caller)
+            return await self._open(request, context, caller, api)
         except ServeError as exc:
-            self.refused(request, caller, exc)
+            self.refused(request, caller, exc, api)
             raise
 
-    async def _open(self, request, context, caller: Caller) -> Call:
+    async def _open(self, request, context, caller: Caller, api: str) -> Call:
         # A caller without a token does not choose the id its call is audited under.
         request_id = requests.request_id(request.request_id if caller.authenticated else "")
         served: Served = self.models.get(request.model, request.model_version)
@@ -77,7 +78,7 @@ class Admission:
         requests.check_bytes(request, served.tokenizer, limits.max_prompt_tokens)
         if len(request.user) > 256:
             raise InvalidArgument(f"user: {len(request.user)} characters; at most 256")
-        call = Call(self, served, caller, request_id)
+        call = Call(self, served, caller, request_id, api)
         call.user = request.user
         self.gate.enter(caller)
         call.entered = True
@@ -99,7 +100,7 @@ class Admission:
         )
         return call
 
-    def refused(self, request, caller: Caller | None, exc: ServeError) -> None:
+    def refused(self, request, caller: Caller | None, exc: ServeError, api: str = "grpc") -> None:
         """Count and audit a refused call (also one refused before admission: a bad OpenAI body)."""
         model = request.model or self.models.default or ""
         served = self.models.active.get(model)
@@ -111,7 +112,7 @@ class Admission:
             else "unknown"
         )
         labels = (model if served is not None else "unknown", adapter if served is not None else "")
-        self.metrics.requests.labels(*labels, exc.code.name, "").inc()
+        self.metrics.requests.labels(*labels, exc.code.name, "", api).inc()
         trusted = caller is not None and caller.authenticated
         self.gate.audit_refusal(
             self.audit,

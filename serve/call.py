@@ -43,8 +43,9 @@ class Call:
     the audit log; ``served`` is the model the call runs on.
     """
 
-    def __init__(self, admission, served: Served, caller: Caller, request_id: str) -> None:
+    def __init__(self, admission, served: Served, caller: Caller, request_id: str, api: str = "grpc") -> None:
         self.admission, self.served, self.caller, self.request_id = admission, served, caller, request_id
+        self.api = api  # "grpc" or "http" (the OpenAI API): a label of enclave_requests_total
         self.user = ""  # the end user's id (audited as a keyed hash only)
         self.job: Job | None = None
         self.entered = False
@@ -129,7 +130,7 @@ class Call:
         """Count the call in the metrics and write its one audit line (counts and names, never text)."""
         job, m = self.job, self.admission.metrics
         labels = (self.served.name, job.adapter or "")
-        m.requests.labels(*labels, code.name, self.finish or "").inc()
+        m.requests.labels(*labels, code.name, self.finish or "", self.api).inc()
         m.prompt_tokens.labels(*labels).inc(len(job.prompt_ids))
         m.generation_tokens.labels(*labels).inc(job.generated)
         m.prompt_len.labels(*labels).observe(len(job.prompt_ids))

@@ -17,6 +17,9 @@ TOKENS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+APIS = ("grpc", "http")  # the values of enclave_requests_total's api label
+
+
 class Metrics:
     """Every metric of one server, in its own registry (tests start several servers in one process)."""
 
@@ -27,9 +30,9 @@ class Metrics:
         ma, m = ("model", "adapter"), ("model",)
         self.requests = Counter(
             "enclave_requests",
-            "Finished calls by gRPC status code and finish reason (stop, length, stop_sequence, "
-            "context_limit; empty for calls that produced no finished answer)",
-            ("model", "adapter", "code", "finished_reason"),
+            "Finished calls by gRPC status code, finish reason (stop, length, stop_sequence, "
+            "context_limit; empty for calls that produced no finished answer) and API (grpc, http: the OpenAI one)",
+            ("model", "adapter", "code", "finished_reason", "api"),
             registry=r,
         )
         self.model_info = Gauge(
@@ -122,7 +125,8 @@ class Metrics:
             self.context_limit,
         ):
             family.labels(model, adapter)
-        self.requests.labels(model, adapter, "OK", "stop")
+        for api in APIS:
+            self.requests.labels(model, adapter, "OK", "stop", api)
 
     def serving(self, model: str, version: str, digest: str, backend: str, kind: str) -> None:
         """``enclave_model_info`` names this version of ``model`` only (an older one's series goes)."""

@@ -126,7 +126,8 @@ class OpenAIApi:
         try:
             return body, translate_fn(body, self.models)
         except ServeError as exc:
-            self.admission.refused(pb.GenerateRequest(model=body.model, request_id=body.request_id or ""), caller, exc)
+            refused = pb.GenerateRequest(model=body.model, request_id=body.request_id or "")
+            self.admission.refused(refused, caller, exc, "http")
             raise
 
     async def _body(self, request: Request, kind: type[Sampling]) -> Sampling:
@@ -172,7 +173,7 @@ class OpenAIApi:
             for i in range(n):
                 if seeded and i:
                     message.sampling.seed = (message.sampling.seed + 1) % 2**64
-                calls.append(await self.admission.open(message, context))
+                calls.append(await self.admission.open(message, context, "http"))
         except BaseException:
             for call in calls:
                 call.release()

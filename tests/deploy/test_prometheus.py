@@ -84,6 +84,7 @@ def test_dashboard_covers_what_operators_watch():
         "adapter",
         "prompt length",
         "context window",
+        "by API",
     ):
         assert word.lower() in titles.lower(), word
     exprs = " ".join(dashboard_exprs().values())

@@ -131,7 +131,7 @@ def test_metrics_endpoint(server, client):
         "process_resident_memory_bytes",
     ):
         assert name in text, name
-    assert 'enclave_requests_total{adapter="",code="OK",finished_reason="stop",model="tiny-onnx"}' in text
+    assert 'enclave_requests_total{adapter="",api="grpc",code="OK",finished_reason="stop",model="tiny-onnx"}' in text
     assert 'enclave_model_info{backend="onnxruntime",digest="sha256:' in text
     assert 'le="0.005"' in text  # explicit buckets
     assert "patient" not in text

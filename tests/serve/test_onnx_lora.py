@@ -215,7 +215,7 @@ def test_the_server_runs_adapters_on_onnxruntime_mixed_in_one_step(serve_repo):
     finished = [
         float(line.split()[-1])
         for line in text.splitlines()
-        if line.startswith('enclave_requests_total{adapter="facts",code="OK",finished_reason="')
+        if line.startswith('enclave_requests_total{adapter="facts",api="grpc",code="OK",finished_reason="')
         and 'model="tiny-onnx"' in line
     ]
     assert sum(finished) == 4.0

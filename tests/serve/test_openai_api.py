@@ -160,7 +160,7 @@ def test_http_calls_are_counted_and_audited_like_grpc(server):
     from prometheus_client import generate_latest
 
     def count() -> float:
-        prefix = 'enclave_requests_total{adapter="",code="OK",finished_reason="length",model="tiny-onnx"}'
+        prefix = 'enclave_requests_total{adapter="",api="http",code="OK",finished_reason="length",model="tiny-onnx"}'
         for line in generate_latest(server.metrics.registry).decode().splitlines():
             if line.startswith(prefix):
                 return float(line.split()[-1])
@@ -171,7 +171,9 @@ def test_http_calls_are_counted_and_audited_like_grpc(server):
     assert count() == before + 1
 
     def refused() -> float:
-        prefix = 'enclave_requests_total{adapter="",code="INVALID_ARGUMENT",finished_reason="",model="tiny-onnx"}'
+        prefix = (
+            'enclave_requests_total{adapter="",api="http",code="INVALID_ARGUMENT",finished_reason="",model="tiny-onnx"}'
+        )
         lines = generate_latest(server.metrics.registry).decode().splitlines()
         return next((float(x.split()[-1]) for x in lines if x.startswith(prefix)), 0.0)
 
