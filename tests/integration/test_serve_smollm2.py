@@ -181,10 +181,42 @@ def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
             c.unload_adapter("integration")
             c.load_adapter("integration")  # from the repository this time, hash-verified
             assert c.generate(QUESTIONS[0], chat=True, max_tokens=24, adapter="integration").text == tuned.text
+            _vllm_structured_output_and_logprobs(c)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
     finally:
         proc.kill()
+
+
+def _vllm_structured_output_and_logprobs(c: Client) -> None:
+    """#19 on the vllm backend: JSON-schema answers through vLLM's structured outputs, sharing the
+    batch with free ones, all valid; log-probabilities from vLLM's sampler in the proto's shape."""
+    import json
+
+    import jsonschema
+
+    def extract(item):
+        schema, text = item
+        system = {"role": "system", "content": "Extract the fields of the text as JSON."}
+        request = c.request([system, {"role": "user", "content": text}], max_tokens=160)
+        request.sampling.response_format.CopyFrom(pb.ResponseFormat(type="json_schema", json_schema=json.dumps(schema)))
+        return c.inference.Generate(request, timeout=300)
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        free = pool.submit(c.generate, QUESTIONS[1], chat=True, max_tokens=48)
+        answers = list(pool.map(extract, EXTRACTIONS[:3]))
+        assert free.result().text.strip()
+    for (schema, text), reply in zip(EXTRACTIONS[:3], answers):
+        assert reply.finish_reason == pb.FINISH_REASON_STOP, (text, reply.text)
+        jsonschema.validate(json.loads(reply.text), schema)
+    reply = c.generate(QUESTIONS[0], chat=True, max_tokens=8, logprobs=3)
+    assert [lp.token_id for lp in reply.logprobs] == list(reply.token_ids)
+    for lp in reply.logprobs:
+        values = [alt.logprob for alt in lp.top]
+        assert len(values) == 3 and values == sorted(values, reverse=True) and values[0] <= 0.0
+        assert lp.top[0].token_id == lp.token_id and lp.logprob == values[0]  # greedy: the likeliest
+    sampled = c.generate(QUESTIONS[0], chat=True, max_tokens=8, logprobs=0, temperature=0.8, seed=1)
+    assert all(not lp.top and -9999.0 <= lp.logprob <= 0.0 for lp in sampled.logprobs)
 
 
 def test_adapter_unmerged_on_onnxruntime_equals_peft(store, quick_adapter, tmp_path, monkeypatch):

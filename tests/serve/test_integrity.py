@@ -171,7 +171,7 @@ class FakeAsyncLLM:
 
     async def generate(self, prompt, params, request_id, lora_request=None):
         self.ids.append(request_id)
-        yield types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[5])], finished=True)
+        yield types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[5], logprobs=None)], finished=True)
 
 
 @pytest.fixture()
@@ -184,6 +184,7 @@ def vllm_types(monkeypatch):
         top.SamplingParams = lambda **kw: kw
         inputs.TokensPrompt = dict
         sampling.RequestOutputKind = types.SimpleNamespace(DELTA="delta")
+        sampling.StructuredOutputsParams = lambda **kw: kw
         for module in (top, inputs, sampling):
             monkeypatch.setitem(sys.modules, module.__name__, module)
 
