@@ -1,5 +1,10 @@
-"""Examples on disk, read the same way by every stage: JSONL (instruction or chat form), CSV with a
-column mapping, or a directory of them.
+"""Examples on disk, read the same way by every stage: JSONL (instruction, chat or preference
+form), CSV with a column mapping, or a directory of them.
+
+The preference form is TRL's: ``prompt`` (text, or messages), ``chosen`` and ``rejected`` (text,
+or assistant messages); its record holds the prompt and the chosen answer as ``messages`` and the
+rejected answer apart (``Record.rejected``), so cleaning, splits and token counts treat it as the
+chat record of its chosen answer.
 
 Validation reports every bad record (file, line, field, why) before anything uses them. Which
 split a record belongs to is decided in ``enclave.splits``.
@@ -30,6 +35,7 @@ class Record:
     group: str | None = None
     split: str | None = None
     meta: dict = field(default_factory=dict)
+    rejected: list[dict[str, str]] | None = None  # a preference record's answer not preferred
 
     @property
     def answer(self) -> str:
@@ -47,17 +53,19 @@ class Record:
         return "\n".join(m["content"] for m in self.messages[:-1])
 
 
-class DataError(EnclaveError):
-    """Every bad record, listed; nothing was trained."""
+def _listed(items: list[str]) -> str:
+    shown = items[:MAX_SHOWN] + ([f"... and {len(items) - MAX_SHOWN} more"] if len(items) > MAX_SHOWN else [])
+    return "\n".join(f"  - {p}" for p in shown)
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        shown = problems[:MAX_SHOWN] + (
-            [f"... and {len(problems) - MAX_SHOWN} more"] if len(problems) > MAX_SHOWN else []
-        )
-        lines = "\n".join(f"  - {p}" for p in shown)
+
+class DataError(EnclaveError):
+    """Every bad record, listed, and every record cleaning would drop besides; nothing was trained."""
+
+    def __init__(self, problems: list[str], dropped: list[str] | None = None) -> None:
+        self.problems, self.dropped = problems, dropped or []
+        also = f"\nand {len(self.dropped)} record(s) cleaning drops:\n{_listed(self.dropped)}" if self.dropped else ""
         super().__init__(
-            f"{len(problems)} invalid record(s); nothing was trained:\n{lines}",
+            f"{len(problems)} invalid record(s); nothing was trained:\n{_listed(problems)}{also}",
             fix="each record needs instruction + output (input, group, split optional) or messages "
             "[{role, content}, ...] ending with an assistant turn; `enclave tune check-data PATH` re-checks",
         )
@@ -115,6 +123,21 @@ def load_records(path: str, columns: dict[str, str] | None = None, setting: str 
         DataError: any invalid record (all of them listed).
         EnclaveError: no such path, or no records at all.
     """
+    records, problems = read_records(path, columns, setting)
+    if problems:
+        raise DataError(problems)
+    return records
+
+
+def read_records(
+    path: str, columns: dict[str, str] | None = None, setting: str = "data.path"
+) -> tuple[list[Record], list[str]]:
+    """Every valid record under ``path`` and every problem of the invalid ones (``load_records``
+    without raising on them, so a check can still report what cleaning does to the rest).
+
+    Raises:
+        EnclaveError: no such path, or no records at all.
+    """
     root = resolve_path(path, setting)
     files = sorted(p for p in root.rglob("*") if p.suffix in (".jsonl", ".csv")) if root.is_dir() else [root]
     if not files:
@@ -125,13 +148,11 @@ def load_records(path: str, columns: dict[str, str] | None = None, setting: str 
         got, bad = reader(f, columns or {})
         records += got
         problems += bad
-    if problems:
-        raise DataError(problems)
-    if not records:
+    if not records and not problems:
         raise EnclaveError(
             f"{setting} {path!r} holds no records (empty file)", fix="add examples, one JSON object per line"
         )
-    return records
+    return records, problems
 
 
 def _read_jsonl(path: Path, _columns: dict) -> tuple[list[Record], list[str]]:
@@ -190,20 +211,55 @@ def parse_record(obj, where: str) -> tuple[Record | None, list[str]]:
         problems.append(f"{where}: group: expected a string, got {type(group).__name__}")
     if split is not None and split not in SPLITS:
         problems.append(f"{where}: split: {split!r} is not one of {', '.join(SPLITS)}")
-    if "messages" in obj:
+    rejected = None
+    if "chosen" in obj or "rejected" in obj:
+        messages, rejected, errs = _preference(obj, where)
+    elif "messages" in obj:
         messages, errs = _chat(obj["messages"], where)
     elif "instruction" in obj or "output" in obj:
         messages, errs = _instruction(obj, where)
     else:
         messages, errs = (
             None,
-            [f"{where}: needs instruction and output, or messages (found keys: {', '.join(sorted(obj)) or 'none'})"],
+            [
+                f"{where}: needs instruction and output, messages, or prompt, chosen and rejected "
+                f"(found keys: {', '.join(sorted(obj)) or 'none'})"
+            ],
         )
     problems += errs
     if problems:
         return None, problems
-    meta = {k: v for k, v in obj.items() if k not in ("messages", "instruction", "input", "output", "group", "split")}
-    return Record(messages, where, group, split, meta), []
+    known = ("messages", "instruction", "input", "output", "group", "split", "prompt", "chosen", "rejected")
+    meta = {k: v for k, v in obj.items() if k not in known}
+    return Record(messages, where, group, split, meta, rejected), []
+
+
+def _preference(obj: dict, where: str) -> tuple[list | None, list | None, list[str]]:
+    """TRL's preference form: prompt (text or messages), chosen and rejected (text or assistant messages)."""
+    problems = []
+    parts = {}
+    for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+        value = obj.get(key)
+        if value is None:
+            problems.append(f"{where}: {key}: missing (a preference record has prompt, chosen and rejected)")
+        elif isinstance(value, str):
+            parts[key] = [{"role": role, "content": value}]
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value)
+        ):
+            parts[key] = [{"role": m["role"], "content": m["content"]} for m in value]
+        else:
+            problems.append(f"{where}: {key}: expected text or a list of {{role, content}} messages")
+    for key in ("chosen", "rejected"):
+        if key in parts and any(m["role"] != "assistant" for m in parts[key]):
+            problems.append(f"{where}: {key}: only assistant messages (the prompt holds the rest)")
+    if "prompt" in parts and not any(m["role"] == "user" for m in parts["prompt"]):
+        problems.append(f"{where}: prompt: needs at least one user message")
+    if problems:
+        return None, None, problems
+    return parts["prompt"] + parts["chosen"], parts["rejected"], []
 
 
 def _instruction(obj: dict, where: str) -> tuple[list | None, list[str]]:

@@ -31,8 +31,10 @@ def normalize(text: str) -> str:
 
 
 def content_hash(record: Record) -> str:
-    """sha256 of the record's messages (roles and contents) as they are."""
-    return hashlib.sha256("\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record.messages).encode()).hexdigest()
+    """sha256 of the record's messages (roles and contents) as they are, and of a preference
+    record's rejected answer after them (a chat record's hash is the same as before that form)."""
+    messages = record.messages + ([{"role": "rejected", "content": ""}, *record.rejected] if record.rejected else [])
+    return hashlib.sha256("\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages).encode()).hexdigest()
 
 
 def assign_split(record: Record, ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS) -> str:
@@ -48,8 +50,12 @@ def assign_split(record: Record, ratios: tuple[float, float, float] = DEFAULT_SP
 
 def normalized(record: Record) -> Record:
     """A copy of ``record`` with every message normalized (``normalize``)."""
-    messages = [{"role": m["role"], "content": normalize(m["content"])} for m in record.messages]
-    return Record(messages, record.source, record.group, record.split, dict(record.meta))
+
+    def norm(messages):
+        return [{"role": m["role"], "content": normalize(m["content"])} for m in messages]
+
+    rejected = norm(record.rejected) if record.rejected else None
+    return Record(norm(record.messages), record.source, record.group, record.split, dict(record.meta), rejected)
 
 
 def select_split(

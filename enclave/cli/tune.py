@@ -45,6 +45,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="a JSONL or CSV file, a directory of them, or builtin:NAME")
     p.add_argument("--config", type=Path, help="a recipe whose data.* and base_model settings apply")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.max_length=512")
+    p.add_argument(
+        "--redact",
+        type=Path,
+        metavar="OUT",
+        help="write a copy of the (JSONL) data with names, dates, ids, phones, addresses and emails replaced",
+    )
+    p.add_argument("--no-phi", action="store_true", help="skip the check for personal data (PHI)")
     p.set_defaults(func=_check_data)
     p = sub.add_parser("search", help="hyperparameter search with Optuna (grid, random or TPE; resumable)")
     _recipe_args(p)
@@ -95,6 +102,18 @@ def _check_data(args: argparse.Namespace) -> int:
     tokenizer, context = load_tokenizer(cfg.base_model)
     data = prepare(cfg.data, tokenizer, context)
     print_report(data.report(), f"Data report ({args.data}, tokens by {cfg.base_model})")
+    if not args.no_phi:
+        from tune.data.phi import scan
+        from tune.data.records import read_records
+        from tune.data.report import print_phi
+
+        print_phi(scan(read_records(cfg.data.path, cfg.data.columns)[0]))  # every record, dropped ones too
+    if args.redact is not None:
+        from enclave.ui import console
+        from tune.data.phi import redact_file
+
+        changed = redact_file(Path(args.data), args.redact)
+        console().print(f"wrote {args.redact}: {changed} record(s) redacted")
     return 0
 
 

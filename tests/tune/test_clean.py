@@ -23,6 +23,12 @@ def test_empty_exact_and_near_duplicates_and_leakage():
     assert (stats.empty, stats.exact_duplicates, stats.near_duplicates, stats.leakage) == (1, 1, 1, 1)
     assert [r.source for r in splits["train"]] == ["f.jsonl:1"] and [r.source for r in splits["test"]] == ["f.jsonl:6"]
     assert stats.examples["leakage"] == ["f.jsonl:5"]
+    assert stats.dropped_lines() == [  # every drop named by its line, and what it duplicates
+        "f.jsonl line 2: exact duplicate of line 1",
+        "f.jsonl line 3: near duplicate of line 1",
+        "f.jsonl line 4: empty (user message)",
+        "f.jsonl line 5: test record close to the training record at line 1 (leakage)",
+    ]
 
 
 def test_hash_split_is_deterministic_and_near_ratio():

@@ -59,7 +59,8 @@ def test_every_bad_record_is_reported(tmp_path):
         "bad.jsonl:4: not valid JSON (Expecting value at column 1)",
         "bad.jsonl:5: not valid UTF-8 (byte 20); re-save the file as UTF-8",
         "bad.jsonl:6: messages: the last message must be the assistant's answer",
-        "bad.jsonl:7: needs instruction and output, or messages (found keys: completion, prompt)",
+        "bad.jsonl:7: needs instruction and output, messages, or prompt, chosen and rejected "
+        "(found keys: completion, prompt)",
         "bad.jsonl:8: split: 'dev' is not one of train, validation, test",
         "bad.jsonl:9: expected a JSON object, got list",
     ]

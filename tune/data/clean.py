@@ -16,7 +16,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 @dataclass
 class CleanStats:
-    """What cleaning removed, by reason."""
+    """What cleaning removed, by reason, and each dropped record's line and why."""
 
     loaded: int = 0
     empty: int = 0
@@ -25,12 +25,29 @@ class CleanStats:
     leakage: int = 0
     too_long: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
+    drops: list[tuple[str, str]] = field(default_factory=list)  # (record source, why), in the order found
 
-    def note(self, reason: str, record: Record) -> None:
+    def note(self, reason: str, record: Record, why: str = "") -> None:
         setattr(self, reason, getattr(self, reason) + 1)
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(record.source)
+        self.drops.append((record.source, why or reason.replace("_", " ")))
+
+    def dropped_lines(self) -> list[str]:
+        """ "data.jsonl line 14: near duplicate of line 3", one per dropped record, in file order."""
+        return [f"{where(s)}: {why}" for s, why in sorted(self.drops, key=lambda d: _source_key(d[0]))]
+
+
+def where(source: str, beside: str | None = None) -> str:
+    """A record's place for people: "data.jsonl line 9"; only "line 3" when ``beside`` (another
+    record's source) is in the same file."""
+    name, _, line = source.rpartition(":")
+    if not line.isdigit():
+        return source
+    if beside is not None and beside.rpartition(":")[0] == name:
+        return f"line {line}"
+    return f"{name} line {line}"
 
 
 def shingles(text: str, n: int = 3) -> set[str]:
@@ -52,17 +69,21 @@ def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, li
     from datasketch import MinHash, MinHashLSH
 
     stats = CleanStats(loaded=len(records))
-    kept, seen = [], set()
+    kept, seen = [], {}
     for rec in records:
         rec.messages = [{"role": m["role"], "content": normalize(m["content"])} for m in rec.messages]
-        if any(not m["content"] for m in rec.messages if m["role"] != "system"):
-            stats.note("empty", rec)
+        if rec.rejected:
+            rec.rejected = [{"role": m["role"], "content": normalize(m["content"])} for m in rec.rejected]
+        blank = [m["role"] for m in rec.messages if m["role"] != "system" and not m["content"]]
+        blank += ["rejected"] if rec.rejected is not None and not "".join(m["content"] for m in rec.rejected) else []
+        if blank:
+            stats.note("empty", rec, "empty" + ("" if len(blank) == len(rec.messages) else f" ({blank[0]} message)"))
             continue
         h = content_hash(rec)
         if h in seen:
-            stats.note("exact_duplicates", rec)
+            stats.note("exact_duplicates", rec, f"exact duplicate of {where(seen[h], rec.source)}")
             continue
-        seen.add(h)
+        seen[h] = rec.source
         rec.split = assign_split(rec, ratios)
         kept.append(rec)
     # Train first, so evaluation records are the ones dropped when they leak.
@@ -74,12 +95,18 @@ def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, li
         mh = MinHash(num_perm=128, seed=1)
         mh.update_batch([s.encode() for s in grams[i]])
         # LSH gives candidates; the exact Jaccard similarity confirms them (no false positives).
-        near = [kept[j] for j in lsh.query(mh) if _jaccard(grams[i], grams[j]) >= threshold]
-        if any(other.split == rec.split for other in near):
-            stats.note("near_duplicates", rec)
+        near = sorted(
+            (kept[j] for j in lsh.query(mh) if _jaccard(grams[i], grams[j]) >= threshold),
+            key=lambda r: _source_key(r.source),
+        )
+        same = next((other for other in near if other.split == rec.split), None)
+        if same is not None:
+            stats.note("near_duplicates", rec, f"near duplicate of {where(same.source, rec.source)}")
             continue
-        if rec.split != "train" and any(other.split == "train" for other in near):
-            stats.note("leakage", rec)
+        trained = next((other for other in near if other.split == "train"), None)
+        if rec.split != "train" and trained is not None:
+            why = f"{rec.split} record close to the training record at {where(trained.source, rec.source)} (leakage)"
+            stats.note("leakage", rec, why)
             continue
         lsh.insert(i, mh)
         splits[rec.split].append(rec)

@@ -11,10 +11,11 @@ import numpy as np
 from enclave.errors import EnclaveError
 from tune.config import DataConfig
 from tune.data.clean import CleanStats, clean, group_counts
-from tune.data.records import SPLITS, Record, load_records, resolve_path
+from tune.data.records import SPLITS, DataError, Record, read_records, resolve_path
 from tune.data.tokenize import Example, encode
 
 log = logging.getLogger(__name__)
+MAX_DROPS_KEPT = 1000  # dropped records named in the report (and so in the adapter's manifest)
 
 
 @dataclass
@@ -42,7 +43,9 @@ class PreparedData:
                 k: getattr(s, k) for k in ("empty", "exact_duplicates", "near_duplicates", "leakage", "too_long")
             },
             "dropped_examples": s.examples,
+            "dropped_records": s.dropped_lines()[:MAX_DROPS_KEPT],
             "splits": {k: len(v) for k, v in self.examples.items()},
+            "preference": {k: sum(r.rejected is not None for r in v) for k, v in self.records.items()},
             "groups": group_counts({k: [r for r in v] for k, v in self.records.items()}),
             "tokens": {
                 "min": int(min(lengths)) if lengths else 0,
@@ -76,7 +79,7 @@ def prepare(cfg: DataConfig, tokenizer, context_length: int | None = None) -> Pr
             f"data.max_length {cfg.max_length} is beyond the model's context length {context_length}",
             fix=f"set data.max_length={context_length} or less",
         )
-    records = load_records(cfg.path, cfg.columns)
+    records, problems = read_records(cfg.path, cfg.columns)
     splits, stats = clean(records, cfg.split_ratios, cfg.near_duplicate_threshold)
     examples: dict[str, list[Example]] = {}
     for split, recs in splits.items():
@@ -84,9 +87,11 @@ def prepare(cfg: DataConfig, tokenizer, context_length: int | None = None) -> Pr
         for rec in recs:
             ex = encode(tokenizer, rec, cfg.system_prompt)
             if ex.length > cfg.max_length:
-                stats.note("too_long", rec)
+                stats.note("too_long", rec, f"too long: {ex.length} tokens, data.max_length is {cfg.max_length}")
                 continue
             kept_recs.append(rec)
             kept.append(ex)
         splits[split], examples[split] = kept_recs, kept
+    if problems:  # after cleaning, so the error also names every record cleaning would drop
+        raise DataError(problems, stats.dropped_lines())
     return PreparedData(splits, examples, stats, data_digest(cfg.path), context_length)

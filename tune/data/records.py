@@ -6,6 +6,15 @@ sets and must agree with tune on their splits (``enclave.splits``); these are it
 
 from __future__ import annotations
 
-from enclave.records import ROLES, SPLITS, DataError, Record, load_records, parse_record, resolve_path
+from enclave.records import (
+    ROLES,
+    SPLITS,
+    DataError,
+    Record,
+    load_records,
+    parse_record,
+    read_records,
+    resolve_path,
+)
 
-__all__ = ["ROLES", "SPLITS", "DataError", "Record", "load_records", "parse_record", "resolve_path"]
+__all__ = ["ROLES", "SPLITS", "DataError", "Record", "load_records", "parse_record", "read_records", "resolve_path"]
