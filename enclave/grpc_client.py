@@ -61,6 +61,7 @@ class Client:
         self.timeout = timeout
         self.inference = rpc.InferenceStub(self.channel)
         self.admin = rpc.AdminStub(self.channel)
+        self.review = rpc.ReviewStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -219,3 +220,27 @@ class Client:
         return self.admin.UnloadAdapter(
             pb.UnloadAdapterRequest(model=model, adapter=adapter), timeout=self.timeout, metadata=self.metadata
         )
+
+    def feedback(
+        self,
+        request_id: str,
+        good: bool | None = None,
+        score: int | None = None,
+        correction: str = "",
+        reason: str = "",
+    ) -> pb.FeedbackResponse:
+        """Rate an answer by its request id (needs a reviewer token): good or bad, or a score 1-5.
+
+        Args:
+            request_id: the answer's ``request_id``.
+            good: True (good) or False (bad); or leave it None and give ``score``.
+            score: 1 (wrong) to 5 (right).
+            correction: the answer the model should have given (kept where text capture is on).
+            reason: why, in the reviewer's words.
+        """
+        req = pb.FeedbackRequest(request_id=request_id, correction=correction, reason=reason)
+        if good is not None:
+            req.verdict = pb.VERDICT_GOOD if good else pb.VERDICT_BAD
+        elif score is not None:
+            req.score = score
+        return self.review.Feedback(req, timeout=self.timeout, metadata=self.metadata)

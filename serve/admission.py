@@ -18,7 +18,8 @@ from serve.audit import Audit
 from serve.auth import Caller
 from serve.call import Call
 from serve.config import ServeConfig
-from serve.errors import FailedPrecondition, InvalidArgument, OutOfRange, ServeError
+from serve.errors import InvalidArgument, OutOfRange, ServeError
+from serve.feedback.capture import Capture
 from serve.gate import Gate
 from serve.job import Job
 from serve.metrics import Metrics
@@ -28,8 +29,11 @@ from serve.models import Models, Served
 class Admission:
     """The one place for auth, limits, audit and metrics of every call."""
 
-    def __init__(self, cfg: ServeConfig, models: Models, gate: Gate, metrics: Metrics, audit: Audit) -> None:
+    def __init__(
+        self, cfg: ServeConfig, models: Models, gate: Gate, metrics: Metrics, audit: Audit, feedback: Capture
+    ) -> None:
         self.cfg, self.models, self.gate, self.metrics, self.audit = cfg, models, gate, metrics, audit
+        self.feedback = feedback
         # Tokenizing and chat templating run here, never on the event loop: a long prompt must not
         # stall other calls or the health checks. One worker: the engines own the other cores.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -69,17 +73,17 @@ class Admission:
         self.models.check_adapter(served, request.adapter)
         limits = self.cfg.limits
         sampling = requests.sampling(request.sampling, limits)
-        for field, used in (("logprobs", sampling.logprobs is not None), ("response_format", sampling.grammar)):
-            if used and served.backend == "vllm":
-                raise FailedPrecondition(
-                    f"sampling.{field}: not available on the vllm backend of model {served.name} yet; "
-                    "serve an ONNX or PyTorch artifact for it"
-                )
         requests.check_bytes(request, served.tokenizer, limits.max_prompt_tokens)
         if len(request.user) > 256:
             raise InvalidArgument(f"user: {len(request.user)} characters; at most 256")
         call = Call(self, served, caller, request_id, api)
         call.user = request.user
+        if self.feedback.captures(served.name):  # kept for reviewers, sealed (serve.feedback)
+            call.prompt = (
+                [{"role": m.role, "content": m.content} for m in request.chat.messages]
+                if request.HasField("chat")
+                else request.prompt
+            )
         self.gate.enter(caller)
         call.entered = True
         try:
@@ -146,14 +150,21 @@ class Admission:
 
     def admin(self, context, rpc_name: str) -> Caller:
         """The caller, if it holds an admin token; a refusal is audited (without the names the caller sent)."""
+        return self._privileged(context, Caller.check_admin, admin=rpc_name)
+
+    def reviewer(self, context) -> Caller:
+        """The caller, if it holds a reviewer token; a refusal is audited as the admin ones are."""
+        return self._privileged(context, Caller.check_reviewer, feedback="refused")
+
+    def _privileged(self, context, check, **what) -> Caller:
         caller = None
         try:
             caller = self.gate.caller(context)
-            caller.check_admin()
+            check(caller)
             return caller
         except ServeError as exc:
             trusted = caller is not None and caller.authenticated
             self.gate.audit_refusal(
-                self.audit, trusted, admin=rpc_name, token=caller.id if caller is not None else "", status=exc.code.name
+                self.audit, trusted, **what, token=caller.id if caller is not None else "", status=exc.code.name
             )
             raise

@@ -5,8 +5,11 @@ The tokens file (YAML) holds sha256 hashes, never tokens; `enclave serve token c
 
     - name: ehr-gateway          # for people; the audit log records a short hash id instead
       sha256: 9f86d0...          # hex sha256 of the token
-      role: reader               # reader: Inference only; admin: also the Admin service
+      role: reader               # reader: Inference only; admin: also the Admin service;
+                                 # reviewer: Inference and the Review service (feedback on answers)
       models: [clinical-legal]   # optional: only these models (default: every model)
+      title: pharmacist          # optional, reviewers: what kind of expert (exported with their
+                                 # corrections instead of who gave them)
 
 A presented token is hashed and compared in constant time against every entry
 (hmac.compare_digest, no early exit), so timing says nothing about how close a guess was. The
@@ -31,7 +34,7 @@ from enclave.config import StrictConfig, read_yaml
 from enclave.errors import ConfigError
 from serve.errors import PermissionDenied, Unauthenticated
 
-ROLES = ("reader", "admin")
+ROLES = ("reader", "admin", "reviewer")
 MIN_BITS = 128
 TOKEN_PREFIX = "enclave_"
 # Tokens that appear in documentation and examples; a tokens file that accepts one is refused.
@@ -61,10 +64,14 @@ class TokenEntry(StrictConfig):
     """Who holds it (for people and logs)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Hex sha256 of the token (`enclave serve token create` writes it)."""
-    role: Literal["reader", "admin"] = "reader"
-    """reader: the Inference service; admin: also load and unload adapters."""
+    role: Literal["reader", "admin", "reviewer"] = "reader"
+    """reader: the Inference service; admin: also load and unload adapters; reviewer: also give
+    feedback on answers (the Review service)."""
     models: list[str] | None = None
     """Models this token may use; empty: all."""
+    title: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .-]+$")
+    """Reviewers: what kind of expert holds it (pharmacist, senior associate): exported with
+    their corrections, so training data says where it came from without saying who."""
     created: str | None = None
     """When it was made (informational)."""
 
@@ -78,6 +85,7 @@ class Caller:
     models: frozenset[str] | None = None
     role: str = "reader"
     authenticated: bool = True
+    title: str | None = None  # a reviewer's kind of expertise (never their name)
 
     @property
     def admin(self) -> bool:
@@ -99,6 +107,14 @@ class Caller:
             )
         if not self.admin:
             raise PermissionDenied("this rpc needs a token with role: admin in the server's tokens file")
+
+    def check_reviewer(self) -> None:
+        """Raise PermissionDenied unless the caller holds a reviewer token."""
+        if not (self.authenticated and self.role == "reviewer"):
+            raise PermissionDenied(
+                "feedback needs a token with role: reviewer in the server's tokens file; make one with "
+                "`enclave serve token create --role reviewer --title TITLE`"
+            )
 
 
 def anonymous(peer: str) -> Caller:
@@ -220,7 +236,9 @@ class Tokens:
         self.entries = [
             (
                 bytes.fromhex(e.sha256),
-                Caller("sha256:" + e.sha256[:16], e.name, frozenset(e.models) if e.models else None, e.role),
+                Caller(
+                    "sha256:" + e.sha256[:16], e.name, frozenset(e.models) if e.models else None, e.role, title=e.title
+                ),
             )
             for e in entries
         ]
@@ -243,14 +261,22 @@ class Tokens:
         return found
 
 
-def add_token(path: Path, name: str, role: str, models: list[str] | None = None, token: str | None = None) -> str:
+def add_token(
+    path: Path,
+    name: str,
+    role: str,
+    models: list[str] | None = None,
+    token: str | None = None,
+    title: str | None = None,
+) -> str:
     """Append a token's hash to a tokens file (created with mode 0600); returns the token, which is stored nowhere.
 
     Args:
         path: the tokens file.
         name: who holds it; must be new in the file.
-        role: ``reader`` or ``admin``.
+        role: ``reader``, ``admin`` or ``reviewer``.
         models: the models it may use (None: all).
+        title: a reviewer's kind of expertise (pharmacist), exported with their feedback.
         token: an existing token to register (from a site's secret store), or None to make one.
 
     Raises:
@@ -264,6 +290,8 @@ def add_token(path: Path, name: str, role: str, models: list[str] | None = None,
 
     if role not in ROLES:
         raise EnclaveError(f"--role: {role!r} is not a role", fix=f"use one of: {', '.join(ROLES)}")
+    if title is not None and role != "reviewer":
+        raise EnclaveError(f"--title: {title!r} is for reviewers", fix="add --role reviewer, or leave --title out")
     if token is None:
         token = new_token()
     elif why := weakness(token):
@@ -286,6 +314,7 @@ def add_token(path: Path, name: str, role: str, models: list[str] | None = None,
         "sha256": token_hash(token),
         "role": role,
         "models": models or None,
+        "title": title,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     line = "- {" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in entry.items() if v is not None) + "}\n"

@@ -51,6 +51,8 @@ class Call:
         self.entered = False
         self.finish: str | None = None
         self.last_token: float | None = None
+        self.prompt: list[dict] | str | None = None  # set when the model's text is captured for reviewers
+        self.text: list[str] = []  # the answer so far, only then
 
     def release(self) -> None:
         """Give the caller's slot back (once)."""
@@ -70,9 +72,15 @@ class Call:
                 if event.error is not None:
                     raise event.error
                 self._timing(event)
-                yield event
+                if self.prompt is not None:
+                    self.text.append(event.text)
                 if event.finish:
                     self.finish = event.finish
+                    # before the last message leaves: a rating sent the moment it arrives finds the answer
+                    answer = "".join(self.text) if self.prompt is not None else None
+                    self.admission.feedback.remember(self, self.prompt, answer)
+                yield event
+                if event.finish:
                     return
         finally:
             self.release()

@@ -105,6 +105,39 @@ class ConnectionSettings(StrictConfig):
     """Clients pinging more often than this are refused (too_many_pings), so pings cannot flood the server."""
 
 
+class FeedbackSettings(StrictConfig):
+    """Reviewers' feedback on answers (the Review service, POST /v1/feedback)."""
+
+    store: str | None = None
+    """SQLite file of the answers reviewers may rate and their ratings (request ids, models,
+    versions, ratings; text only with capture_text); empty: no feedback (the Review service
+    answers FAILED_PRECONDITION)."""
+    capture_text: bool | list[str] = False
+    """Keep the prompt, the answer and reviewers' corrections and reasons, encrypted with key_file:
+    true for every model, or a list of model names. Off: only ids and ratings are kept, and
+    corrections are not (nothing to train on, nothing to leak)."""
+    key_file: str | None = None
+    """The AES-256 key text is sealed with (`enclave feedback keygen FILE`, mode 0600); required
+    with capture_text."""
+    retention_days: float = Field(30.0, gt=0)
+    """Text older than this is dropped by `enclave feedback purge` (ratings and ids stay)."""
+
+    @model_validator(mode="after")
+    def _text_needs_a_store_and_a_key(self):
+        if self.capture_text and self.store is None:
+            raise ValueError("capture_text needs feedback.store (the file the feedback is kept in)")
+        if self.capture_text and self.key_file is None:
+            raise ValueError(
+                "capture_text needs feedback.key_file: text is kept only encrypted; make a key with "
+                "`enclave feedback keygen FILE`"
+            )
+        return self
+
+    def captures(self, model: str) -> bool:
+        """Whether the text of ``model``'s answers is kept."""
+        return self.capture_text is True or (isinstance(self.capture_text, list) and model in self.capture_text)
+
+
 class ServeConfig(StrictConfig):
     """`enclave serve`: which models, where to listen, and the limits."""
 
@@ -162,3 +195,4 @@ class ServeConfig(StrictConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
     prefix_cache: PrefixCacheSettings = PrefixCacheSettings()
     connections: ConnectionSettings = ConnectionSettings()
+    feedback: FeedbackSettings = FeedbackSettings()

@@ -62,3 +62,9 @@ class OutOfRange(ServeError):
     """The request is over a per-request limit (its prompt is too long): retrying it cannot help."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class DataLoss(ServeError):
+    """Stored data cannot be read or written as it should (a damaged feedback store)."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -35,6 +35,17 @@ class Metrics:
             ("model", "adapter", "code", "finished_reason", "api"),
             registry=r,
         )
+        self.feedback = Counter(
+            "enclave_feedback",
+            "Reviewers' ratings of answers (the Review service, POST /v1/feedback) by verdict: good, bad, neutral",
+            ("model", "adapter", "verdict"),
+            registry=r,
+        )
+        self.feedback_errors = Counter(
+            "enclave_feedback_errors",
+            "Feedback store reads and writes that failed (the answers go on; the ratings or rows are lost: page)",
+            registry=r,
+        )
         self.model_info = Gauge(
             "enclave_model_info",
             "1 for each served model's active version: its version label, manifest digest, backend and kind",

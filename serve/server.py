@@ -22,16 +22,18 @@ from enclave.v1 import inference_pb2_grpc as rpc
 from serve.admission import Admission
 from serve.audit import Audit
 from serve.config import ServeConfig
+from serve.feedback.capture import Capture
 from serve.gate import Gate
 from serve.metrics import Metrics
 from serve.models import Models
 from serve.rpc.admin import AdminService
 from serve.rpc.inference import InferenceService
 from serve.rpc.interceptors import ErrorInterceptor
+from serve.rpc.review import ReviewService
 from serve.tls import ReloadingCredentials, check_exposure
 
 log = logging.getLogger("enclave.serve")
-SERVICES = ("enclave.v1.Inference", "enclave.v1.Admin")
+SERVICES = ("enclave.v1.Inference", "enclave.v1.Admin", "enclave.v1.Review")
 # A health service name that is SERVING from the moment the server listens until it exits, also
 # while loading and draining: the liveness probe. Readiness is the overall service "".
 LIVENESS = "liveness"
@@ -74,13 +76,15 @@ class Server:
         self.metrics = Metrics()
         self.metrics.insecure.set(1 if self.insecure else 0)
         self.audit = Audit(cfg.audit_log, max_bytes=cfg.audit_max_bytes, backups=cfg.audit_backups)
+        self.feedback = Capture(cfg.feedback, self.metrics, self.audit)  # a damaged store: no start
         self.gate = Gate(cfg)
         self.models = Models(cfg, self.metrics)
         self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(cfg))
         self.health = health.aio.HealthServicer()
-        self.admission = Admission(cfg, self.models, self.gate, self.metrics, self.audit)
+        self.admission = Admission(cfg, self.models, self.gate, self.metrics, self.audit, self.feedback)
         rpc.add_InferenceServicer_to_server(InferenceService(self.admission, self.models), self.grpc)
         rpc.add_AdminServicer_to_server(AdminService(self.admission, self.models), self.grpc)
+        rpc.add_ReviewServicer_to_server(ReviewService(self.admission), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if cfg.reflection:
             names = [pb.DESCRIPTOR.services_by_name[s.split(".")[-1]].full_name for s in SERVICES]
@@ -233,6 +237,7 @@ class Server:
             await self.probe.stop(0)
         self.admission.close()
         await self.models.close()
+        self.feedback.close()
         self.metrics.close()
         self.audit.close()
         log.info("stopped")

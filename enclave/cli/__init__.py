@@ -28,6 +28,7 @@ COMMANDS = {
     "client": "enclave.cli.client",
     "bundle": "enclave.cli.bundle",
     "audit": "enclave.cli.audit",
+    "feedback": "enclave.cli.feedback",
 }
 
 

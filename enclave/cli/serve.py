@@ -108,11 +108,15 @@ def _register_token(parser: argparse.ArgumentParser) -> None:
         if role:
             p.add_argument(
                 "--role",
-                choices=("reader", "admin"),
+                choices=("reader", "admin", "reviewer"),
                 default="reader",
-                help="reader: Inference; admin: also the Admin service",
+                help="reader: Inference; admin: also the Admin service; reviewer: also the Review service (feedback)",
             )
             p.add_argument("--models", nargs="+", metavar="MODEL", help="only these models (default: all)")
+            p.add_argument(
+                "--title",
+                help="reviewers: what kind of expert (pharmacist): exported with their corrections instead of a name",
+            )
 
     p = sub.add_parser("create", help="make a 256-bit token: it goes to stdout once, only its sha256 goes in the file")
     common(p)
@@ -209,7 +213,7 @@ def _token_create(args: argparse.Namespace, token: str | None = None) -> int:
     from serve.auth import add_token
 
     path = _tokens_file(args)
-    token = add_token(path, args.name, args.role, args.models, token)
+    token = add_token(path, args.name, args.role, args.models, token, args.title)
     print(
         f"added {args.name} ({args.role}) to {path}; the token is shown once, below: give it to its holder over a "
         f"channel you trust (clients send it as `authorization: Bearer TOKEN`)",

@@ -14,11 +14,20 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP_SEQUENCE: _ClassVar[FinishReason]
     FINISH_REASON_CONTEXT_LIMIT: _ClassVar[FinishReason]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_GOOD: _ClassVar[Verdict]
+    VERDICT_BAD: _ClassVar[Verdict]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP_SEQUENCE: FinishReason
 FINISH_REASON_CONTEXT_LIMIT: FinishReason
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_GOOD: Verdict
+VERDICT_BAD: Verdict
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -283,3 +292,31 @@ class UnloadAdapterRequest(_message.Message):
 class UnloadAdapterResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "verdict", "score", "correction", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    verdict: Verdict
+    score: int
+    correction: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[int] = ..., correction: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("feedback_id", "model", "model_version", "adapter", "text_kept")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_KEPT_FIELD_NUMBER: _ClassVar[int]
+    feedback_id: str
+    model: str
+    model_version: str
+    adapter: str
+    text_kept: bool
+    def __init__(self, feedback_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., adapter: _Optional[str] = ..., text_kept: _Optional[bool] = ...) -> None: ...

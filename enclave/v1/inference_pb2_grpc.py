@@ -399,3 +399,84 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReviewStub:
+    """Domain experts' feedback on answers, for the next adapter (`enclave feedback export`). Needs a
+    token with the reviewer role.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Feedback = channel.unary_unary(
+                '/enclave.v1.Review/Feedback',
+                request_serializer=enclave_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=enclave_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+
+
+class ReviewServicer:
+    """Domain experts' feedback on answers, for the next adapter (`enclave feedback export`). Needs a
+    token with the reviewer role.
+    """
+
+    def Feedback(self, request, context):
+        """Rates one answer, by its request id, optionally with the right answer and a reason.
+        NOT_FOUND: no answer with that id in the server's feedback store; PERMISSION_DENIED: the
+        token is not a reviewer's, or may not use the answer's model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReviewServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=enclave_dot_v1_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=enclave_dot_v1_dot_inference__pb2.FeedbackResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'enclave.v1.Review', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('enclave.v1.Review', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Review:
+    """Domain experts' feedback on answers, for the next adapter (`enclave feedback export`). Needs a
+    token with the reviewer role.
+    """
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/enclave.v1.Review/Feedback',
+            enclave_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            enclave_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

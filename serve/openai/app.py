@@ -30,11 +30,19 @@ from enclave.v1 import inference_pb2 as pb
 from serve.admission import Admission
 from serve.call import Call
 from serve.errors import InvalidArgument, ServeError
+from serve.feedback.capture import given
 from serve.models import Models
 from serve.openai import errors, translate
-from serve.openai.protocol import FINISH, ChatRequest, CompletionRequest, Sampling
+from serve.openai.protocol import FINISH, Body, ChatRequest, CompletionRequest, FeedbackBody, Sampling
 
 log = logging.getLogger("enclave.serve.http")
+FEEDBACK_NAMES = {  # how /v1/feedback names each field of a rating, for errors
+    "request_id": "id",
+    "rating": "rating",
+    "score": "rating",
+    "correction": "correction",
+    "reason": "reason",
+}
 
 
 class HttpContext:
@@ -74,6 +82,7 @@ class OpenAIApi:
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
         ]
         handlers = {
@@ -118,6 +127,33 @@ class OpenAIApi:
         body, message = await self._translated(request, CompletionRequest, translate.completion)
         return await self._generate(request, body, message, chat=False)
 
+    async def feedback(self, request: Request) -> Response:
+        """A reviewer's rating of an answer, by the ``id`` the answer came with (the Review rpc's twin)."""
+        caller = self.admission.reviewer(HttpContext(request))
+        body = await self._body(request, FeedbackBody)
+        request_id = body.id.removeprefix("chatcmpl-").removeprefix("cmpl-")
+        if body.choice:
+            request_id = f"{request_id}/{body.choice}"
+        if isinstance(body.rating, str):
+            if body.rating not in ("good", "bad"):
+                raise InvalidArgument(f"rating: {body.rating!r} is not a rating; use good, bad, or a score 1 to 5")
+            good, score = body.rating == "good", None
+        else:
+            good, score = None, body.rating
+        rating = given(request_id, good, score, body.correction, body.reason, FEEDBACK_NAMES)
+        answer, fid, kept = await self.admission.feedback.rate(caller, rating)
+        return JSONResponse(
+            {
+                "id": fid,
+                "object": "feedback",
+                "request_id": answer.request_id,
+                "model": answer.model,
+                "model_version": answer.version,
+                "adapter": answer.adapter,
+                "text_kept": kept,
+            }
+        )
+
     async def _translated(self, request: Request, kind: type[Sampling], translate_fn):
         """The body and its GenerateRequest. The caller is identified first (before the body names
         any model); a body refused here is counted and audited as admission counts its refusals."""
@@ -130,7 +166,7 @@ class OpenAIApi:
             self.admission.refused(refused, caller, exc, "http")
             raise
 
-    async def _body(self, request: Request, kind: type[Sampling]) -> Sampling:
+    async def _body(self, request: Request, kind: type[Body]) -> Body:
         """The request's JSON as ``kind``: at most ``max_body_bytes`` read, wrong types a 400."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -173,6 +209,8 @@ class OpenAIApi:
             for i in range(n):
                 if seeded and i:
                     message.sampling.seed = (message.sampling.seed + 1) % 2**64
+                if i:  # each choice its own id, for feedback on it: ID/1, ID/2, ...
+                    message.request_id = f"{calls[0].request_id}/{i}"
                 calls.append(await self.admission.open(message, context, "http"))
         except BaseException:
             for call in calls:

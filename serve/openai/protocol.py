@@ -81,3 +81,18 @@ class CompletionRequest(Sampling):
 
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "context_limit": "length"}
 """The engine's finish reasons as OpenAI names them."""
+
+
+class FeedbackBody(Body):
+    """POST /v1/feedback (Enclave's own route): a reviewer's rating of one answer."""
+
+    id: str
+    """The answer's ``id`` as the API returned it (``chatcmpl-...``, ``cmpl-...``), or its request id."""
+    choice: int = Field(0, ge=0)
+    """Which choice of an answer with n > 1."""
+    rating: str | int
+    """``good`` or ``bad``, or a score from 1 (wrong) to 5 (right)."""
+    correction: str = ""
+    """The answer the model should have given (kept only where text capture is on)."""
+    reason: str = ""
+    """Why, in the reviewer's words (kept as the correction is)."""

@@ -37,7 +37,8 @@ def test_events_queued_behind_a_slow_reader_go_out_as_one():
     async def main():
         job = Job("r", [1], Sampling(max_tokens=8), loop=asyncio.get_running_loop(), queue=asyncio.Queue())
         gate = SimpleNamespace(enter=lambda c: None, leave=lambda c: None)
-        admission = SimpleNamespace(gate=gate, metrics=Metrics())
+        feedback = SimpleNamespace(remember=lambda *a: None)  # no feedback store
+        admission = SimpleNamespace(gate=gate, metrics=Metrics(), feedback=feedback)
         served = SimpleNamespace(engine=SimpleNamespace(submit=lambda j: None, cancel=lambda j: None), name="m")
         call = Call(admission, served, caller=None, request_id="r")
         call.job = job
