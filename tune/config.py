@@ -144,6 +144,16 @@ class EvalSettings(StrictConfig):
         return value
 
 
+class RehearsalSettings(StrictConfig):
+    """Continual tuning (init_adapter): part of the earlier adapter's training data, replayed."""
+
+    data: str | None = None
+    """The earlier training data (default: the data path in init_adapter's manifest)."""
+    share: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of its training split replayed beside the new data (0: none). Its validation and
+    test splits are never trained on: the test split is the frozen one forgetting is measured on."""
+
+
 class TuneConfig(StrictConfig):
     """A tuning recipe."""
 
@@ -163,3 +173,8 @@ class TuneConfig(StrictConfig):
     """The optimisation."""
     eval: EvalSettings = EvalSettings()
     """The final evaluation."""
+    init_adapter: str | None = None
+    """Continue from this adapter (a name in $ENCLAVE_HOME/adapters or a path) on the new data: its
+    weights and LoRA settings are the start, its test split the frozen set forgetting is measured on."""
+    rehearsal: RehearsalSettings = RehearsalSettings()
+    """With init_adapter: how much of its training data is replayed."""

@@ -17,10 +17,12 @@ import torch
 
 from enclave.errors import EnclaveError
 from enclave.evaluation.compare import Forgetting
+from enclave.hf.loader import with_adapter
 from enclave.manifest import create_artifact
 from enclave.store import home
 from enclave.texts import text_file
 from tune.config import TuneConfig
+from tune.continual import Continual, Previous, add_rehearsal, previous
 from tune.data.prepare import prepare
 from tune.data.report import print_report
 from tune.eval.report import markdown, print_side_by_side
@@ -69,22 +71,37 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
     out, work = output_dir(cfg), run_dir(cfg)
     _check_paths(cfg, out, work, resume, restart, ranks)
     resolved, model, tokenizer = load_base(cfg.base_model)
-    data = prepare(cfg.data, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    prev = previous(cfg, resolved.manifest.digest if resolved.manifest else None)
+    if prev is not None and prev.config.lora != cfg.lora:
+        log.info("init_adapter %s: its LoRA settings are kept (r=%d)", prev.path.name, prev.config.lora.r)
+        cfg = cfg.model_copy(update={"lora": prev.config.lora})
+    context = getattr(model.config, "max_position_embeddings", None)
+    data = prepare(cfg.data, tokenizer, context)
+    if prev is not None:
+        add_rehearsal(cfg, prev, data, tokenizer, context)
     if ranks.main:
         print_report(data.report(), f"Data report ({cfg.data.path})")
     _check_sizes(cfg, data)
     before = _general_perplexity(cfg, model, tokenizer) if ranks.main else None  # the base, before any step
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation is random: same seed, same start
-    model = apply_adapter(model, cfg.lora)
+    if prev is not None:
+        model = with_adapter(model, resolved, prev.path, trainable=True)
+        earlier = _continual_scores(cfg, model, tokenizer, data, prev, "previous") if ranks.main else {}
+    else:
+        model = apply_adapter(model, cfg.lora)
     result = _train(cfg, model, data, tokenizer, work, ranks, resume)
     if not ranks.main:
         distributed.finish(ranks)
         return None
     evals = _evaluate(cfg, model, tokenizer, data)
     forgetting = _forgetting(cfg, before, model, tokenizer, evals)
-    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals, forgetting)
+    continual = None
+    if prev is not None:
+        now = _continual_scores(cfg, model, tokenizer, data, prev, "adapter")
+        continual = Continual(prev, earlier, now)
+    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals, forgetting, continual)
     distributed.finish(ranks)
-    _summary(path, result, evals, forgetting)
+    _summary(path, result, evals, forgetting, continual)
     return path
 
 
@@ -156,35 +173,49 @@ def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> Trai
 
 
 def _evaluate(cfg, model, tokenizer, data) -> list:
-    from tqdm import tqdm
-
     records, examples = data.records["test"], data.examples["test"]
-    if cfg.eval.max_examples:
-        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
     if not records:
         log.warning("the test split is empty: no evaluation")
         return []
     runs = [("base", True)] if cfg.eval.compare_base and cfg.lora.method == "lora" else []
     runs.append(("adapter" if cfg.lora.method == "lora" else "tuned", False))
-    results = []
-    for label, disabled in runs:
-        with tqdm(total=len(records), desc=f"eval {label}", unit="ex") as bar:
-            with model.disable_adapter() if disabled else contextlib.nullcontext():
-                results.append(
-                    evaluate(
-                        model,
-                        tokenizer,
-                        records,
-                        examples,
-                        label,
-                        cfg.data.system_prompt,
-                        cfg.eval.max_new_tokens,
-                        cfg.eval.batch_size,
-                        cfg.eval.fairness_gap_threshold,
-                        bar.update,
-                    )
-                )
-    return results
+    return [_score(cfg, model, tokenizer, records, examples, label, disabled) for label, disabled in runs]
+
+
+def _score(cfg, model, tokenizer, records, examples, label: str, disabled: bool = False, split: str = ""):
+    """One model's scores on a test split (at most eval.max_examples of it)."""
+    from tqdm import tqdm
+
+    if cfg.eval.max_examples:
+        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
+    with tqdm(total=len(records), desc=f"eval {label}{split}", unit="ex") as bar:
+        with model.disable_adapter() if disabled else contextlib.nullcontext():
+            return evaluate(
+                model,
+                tokenizer,
+                records,
+                examples,
+                label,
+                cfg.data.system_prompt,
+                cfg.eval.max_new_tokens,
+                cfg.eval.batch_size,
+                cfg.eval.fairness_gap_threshold,
+                bar.update,
+            )
+
+
+def _continual_scores(cfg, model, tokenizer, data, prev: Previous, label: str) -> dict:
+    """Scores on the new test split and on the earlier adapter's frozen test split."""
+    scores = {}
+    new = data.records["test"], data.examples["test"]
+    if new[0]:
+        scores["new"] = _score(cfg, model, tokenizer, *new, label, split=" (new)")
+    if prev.frozen_records:
+        scores["frozen"] = _score(
+            cfg, model, tokenizer, prev.frozen_records, prev.frozen_examples, label, split=" (frozen)"
+        )
+    model.train()
+    return scores
 
 
 def _general_perplexity(cfg, model, tokenizer) -> float | None:
@@ -214,9 +245,20 @@ def _forgetting(cfg, before: float | None, model, tokenizer, evals) -> Forgettin
 
 
 def _write(
-    cfg, out: Path, resolved, model, tokenizer, data, result: TrainResult, evals, forgetting: Forgetting | None
+    cfg,
+    out: Path,
+    resolved,
+    model,
+    tokenizer,
+    data,
+    result: TrainResult,
+    evals,
+    forgetting: Forgetting | None,
+    continual: Continual | None = None,
 ) -> Path:
     parents = [resolved.manifest.as_parent("base")] if resolved.manifest else []
+    if continual is not None:
+        parents.append(continual.prev.manifest.as_parent("init_adapter"))
     base = {"ref": cfg.base_model, "digest": resolved.manifest.digest if resolved.manifest else None}
     settings = {
         "config": cfg.model_dump(mode="json"),
@@ -240,6 +282,8 @@ def _write(
         draft.metrics.update(_metrics(result, evals))
         if forgetting:
             draft.metrics["forgetting"] = forgetting.to_dict()
+        if continual is not None:
+            draft.metrics["continual"] = continual.to_dict()
     return out
 
 
@@ -266,7 +310,9 @@ def _metrics(result: TrainResult, evals) -> dict:
     return m
 
 
-def _summary(path: Path, result: TrainResult, evals, forgetting: Forgetting | None) -> None:
+def _summary(
+    path: Path, result: TrainResult, evals, forgetting: Forgetting | None, continual: Continual | None = None
+) -> None:
     from rich.table import Table
 
     from enclave.ui import console
@@ -283,6 +329,9 @@ def _summary(path: Path, result: TrainResult, evals, forgetting: Forgetting | No
             "general text perplexity",
             f"{forgetting.before:.2f} -> {forgetting.after:.2f} ({forgetting.ratio:.2f}x; {forgetting.text})",
         )
+    if continual is not None:
+        for row in continual.rows():
+            t.add_row(*row)
     if result.best_val_loss != float("inf"):
         t.add_row("best validation loss", f"{result.best_val_loss:.4f}")
     t.add_row("throughput", f"{result.tokens_per_second:.0f} tokens/s over {result.seconds:.0f} s")

@@ -42,8 +42,9 @@ def load(model: ResolvedModel, adapter: str | None = None):
     return lm.eval(), tokenizer
 
 
-def with_adapter(lm, base: ResolvedModel, adapter: Path):
-    """Apply a verified adapter artifact to a loaded base, refusing one made for another base."""
+def with_adapter(lm, base: ResolvedModel, adapter: Path, trainable: bool = False):
+    """Apply a verified adapter artifact to a loaded base, refusing one made for another base
+    (``trainable``: its weights train on, as `enclave tune` with ``init_adapter`` does)."""
     manifest = require_valid(adapter)
     if manifest.kind != "adapter":
         raise EnclaveError(
@@ -57,4 +58,4 @@ def with_adapter(lm, base: ResolvedModel, adapter: Path):
             fix="use the base model it was trained on (its manifest.json, settings.base_model)",
         )
     peft = require("peft", "tune")
-    return peft.PeftModel.from_pretrained(lm, adapter, is_trainable=False)
+    return peft.PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)

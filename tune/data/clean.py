@@ -96,7 +96,7 @@ def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, li
         mh.update_batch([s.encode() for s in grams[i]])
         # LSH gives candidates; the exact Jaccard similarity confirms them (no false positives).
         near = sorted(
-            (kept[j] for j in lsh.query(mh) if _jaccard(grams[i], grams[j]) >= threshold),
+            (kept[j] for j in lsh.query(mh) if jaccard(grams[i], grams[j]) >= threshold),
             key=lambda r: _source_key(r.source),
         )
         same = next((other for other in near if other.split == rec.split), None)
@@ -115,7 +115,7 @@ def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, li
     return splits, stats
 
 
-def _jaccard(a: set, b: set) -> float:
+def jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
