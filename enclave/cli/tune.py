@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 HELP = (
-    "fine-tune a LoRA adapter on your data (run, the default), check data (check-data), search hyperparameters (search)"
+    "fine-tune a LoRA adapter on your data (run, the default), check data (check-data), search hyperparameters "
+    "(search), judge a new adapter against the active one (gate)"
 )
-ACTIONS = ("run", "check-data", "search")
+ACTIONS = ("run", "check-data", "search", "gate")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
   enclave tune --config tune/recipes/clinical_legal.yaml
@@ -17,6 +18,7 @@ EPILOG = """examples:
   torchrun --nproc_per_node=2 -m enclave tune --config r.yaml   data parallel over 2 processes
   enclave tune check-data my_data.jsonl
   enclave tune search --config r.yaml --trials 12 --sampler tpe
+  enclave tune gate clinical-legal-2 --against clinical-legal --data corrections.jsonl
 Shipped recipes: tune/recipes/*.yaml."""
 
 
@@ -71,6 +73,31 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="a YAML search space (default: the built-in one over lr, r, alpha, dropout, batch size, warmup)",
     )
     p.set_defaults(func=_search)
+    p = sub.add_parser(
+        "gate",
+        help="score a candidate adapter against the active one on the frozen sets; exit 1 if it fails",
+        description="Both adapters are scored on each one's test split (records the candidate trained on left "
+        "out) and on each --data set. The candidate passes when its exact match is nowhere more than --max-drop "
+        "points below the active adapter's and no gap between groups widened by more than --max-gap-widening. "
+        "The verdict goes into the candidate's manifest (metrics.gate).",
+    )
+    p.add_argument("candidate", help="the new adapter (a name in $ENCLAVE_HOME/adapters, or a path)")
+    p.add_argument("--against", required=True, help="the active adapter it would replace")
+    p.add_argument("--data", action="append", default=[], metavar="FILE", help="another set, scored whole (repeat)")
+    p.add_argument("--max-drop", type=float, default=2.0, help="exact-match points it may lose on a set (default 2)")
+    p.add_argument(
+        "--max-gap-widening", type=float, default=5.0, help="points a gap between groups may widen (default 5)"
+    )
+    p.add_argument("--max-examples", type=int, help="score at most this many records per set")
+    p.set_defaults(func=_gate)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from tune.gate import gate, print_verdict
+
+    verdict = gate(args.candidate, args.against, args.data, args.max_drop, args.max_gap_widening, args.max_examples)
+    print_verdict(verdict)
+    return 0 if verdict.passed else 1
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
