@@ -144,6 +144,25 @@ class EvalSettings(StrictConfig):
         return value
 
 
+class PreferenceSettings(StrictConfig):
+    """Preference tuning on the data's preference records (prompt, chosen, rejected: rated pairs)."""
+
+    method: Literal["none", "dpo"] = "none"
+    """dpo: Direct Preference Optimization with TRL's DPOTrainer on the training split's
+    preference records; none: they train like chat records, on their chosen answers."""
+    after_sft: bool = True
+    """dpo: first the usual training on the other records (the corrections), then DPO from that
+    adapter (the reference model); false: DPO instead of it."""
+    beta: float = Field(0.1, gt=0.0)
+    """DPO's beta: how far the adapter may move from the reference (higher: less far)."""
+    lr: float = Field(5e-5, gt=0.0)
+    """DPO's learning rate (constant)."""
+    steps: int = Field(20, ge=1)
+    """DPO optimizer steps."""
+    batch_size: int = Field(4, ge=1)
+    """Pairs per DPO step."""
+
+
 class RehearsalSettings(StrictConfig):
     """Continual tuning (init_adapter): part of the earlier adapter's training data, replayed."""
 
@@ -178,3 +197,5 @@ class TuneConfig(StrictConfig):
     weights and LoRA settings are the start, its test split the frozen set forgetting is measured on."""
     rehearsal: RehearsalSettings = RehearsalSettings()
     """With init_adapter: how much of its training data is replayed."""
+    preference: PreferenceSettings = PreferenceSettings()
+    """Preference tuning (DPO) on rated pairs."""

@@ -31,6 +31,7 @@ from tune.plots import loss_curve
 from tune.train import distributed
 from tune.train.loop import TrainResult, total_steps, train
 from tune.train.model import apply_adapter, load_base
+from tune.train.preference import dpo, pairs
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,12 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
     data = prepare(cfg.data, tokenizer, context)
     if prev is not None:
         add_rehearsal(cfg, prev, data, tokenizer, context)
+    rows = _preference_pairs(cfg, data)
+    sft = cfg.preference.method != "dpo" or cfg.preference.after_sft
     if ranks.main:
         print_report(data.report(), f"Data report ({cfg.data.path})")
-    _check_sizes(cfg, data)
+    if sft:
+        _check_sizes(cfg, data)
     before = _general_perplexity(cfg, model, tokenizer) if ranks.main else None  # the base, before any step
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation is random: same seed, same start
     if prev is not None:
@@ -89,7 +93,8 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
         earlier = _continual_scores(cfg, model, tokenizer, data, prev, "previous") if ranks.main else {}
     else:
         model = apply_adapter(model, cfg.lora)
-    result = _train(cfg, model, data, tokenizer, work, ranks, resume)
+    result = _train(cfg, model, data, tokenizer, work, ranks, resume) if sft else TrainResult(0, 0, float("inf"), False)
+    preference = dpo(cfg, model, tokenizer, rows, work, ranks.world) if cfg.preference.method == "dpo" else None
     if not ranks.main:
         distributed.finish(ranks)
         return None
@@ -99,10 +104,21 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
     if prev is not None:
         now = _continual_scores(cfg, model, tokenizer, data, prev, "adapter")
         continual = Continual(prev, earlier, now)
-    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals, forgetting, continual)
+    path = _write(cfg, out, resolved, model, tokenizer, data, result, evals, forgetting, continual, preference)
     distributed.finish(ranks)
-    _summary(path, result, evals, forgetting, continual)
+    _summary(path, result, evals, forgetting, continual, preference)
     return path
+
+
+def _preference_pairs(cfg: TuneConfig, data) -> list[dict]:
+    """With preference.method=dpo: the training split's preference records as TRL's pairs, taken
+    out of the examples the usual training sees (they train by DPO instead)."""
+    if cfg.preference.method != "dpo":
+        return []
+    train = list(zip(data.records["train"], data.examples["train"]))
+    data.records["train"] = [r for r, _ in train if r.rejected is None]
+    data.examples["train"] = [e for r, e in train if r.rejected is None]
+    return pairs(cfg, [r for r, _ in train if r.rejected is not None])
 
 
 def _check_paths(cfg, out: Path, work: Path, resume: bool, restart: bool, ranks) -> None:
@@ -255,6 +271,7 @@ def _write(
     evals,
     forgetting: Forgetting | None,
     continual: Continual | None = None,
+    preference: dict | None = None,
 ) -> Path:
     parents = [resolved.manifest.as_parent("base")] if resolved.manifest else []
     if continual is not None:
@@ -284,6 +301,8 @@ def _write(
             draft.metrics["forgetting"] = forgetting.to_dict()
         if continual is not None:
             draft.metrics["continual"] = continual.to_dict()
+        if preference is not None:
+            draft.metrics["dpo"] = preference
     return out
 
 
@@ -311,7 +330,12 @@ def _metrics(result: TrainResult, evals) -> dict:
 
 
 def _summary(
-    path: Path, result: TrainResult, evals, forgetting: Forgetting | None, continual: Continual | None = None
+    path: Path,
+    result: TrainResult,
+    evals,
+    forgetting: Forgetting | None,
+    continual: Continual | None = None,
+    preference: dict | None = None,
 ) -> None:
     from rich.table import Table
 
@@ -332,6 +356,12 @@ def _summary(
     if continual is not None:
         for row in continual.rows():
             t.add_row(*row)
+    if preference is not None and preference["final_loss"] is not None:
+        t.add_row(
+            "DPO (TRL)",
+            f"{preference['pairs']} pairs, {preference['steps']} steps: loss {preference['first_loss']:.3f} -> "
+            f"{preference['final_loss']:.3f}, reward accuracy {preference['final_reward_accuracy'] or 0:.2f}",
+        )
     if result.best_val_loss != float("inf"):
         t.add_row("best validation loss", f"{result.best_val_loss:.4f}")
     t.add_row("throughput", f"{result.tokens_per_second:.0f} tokens/s over {result.seconds:.0f} s")

@@ -52,3 +52,25 @@ def test_continue_from_an_adapter_with_rehearsal(enclave_home, tiny_checkpoint, 
 def test_an_init_adapter_that_is_not_an_adapter_is_refused(enclave_home, tiny_checkpoint, facts_file):
     with pytest.raises(EnclaveError, match="init_adapter"):
         run(_config(tiny_checkpoint, facts_file, name="x", init_adapter=str(tiny_checkpoint)))
+
+
+def test_dpo_on_rated_pairs_after_sft_with_trl(enclave_home, tiny_checkpoint, tmp_path):
+    """preference.method=dpo: the chat records train as usual, then TRL's DPOTrainer on the pairs;
+    its frozen reference copy is not written into the adapter."""
+    rows = []
+    for i, (q, good, bad) in enumerate(
+        [("What does BID mean?", "Twice a day.", "Once a week."), ("What is a tort?", "A civil wrong.", "A cake.")] * 4
+    ):
+        rows.append({"instruction": f"{q} ({i})", "output": good, "split": "train"})
+        prompt = [{"role": "user", "content": f"{q} ({i})"}]
+        rows.append({"prompt": prompt, "chosen": good, "rejected": bad, "split": "train"})
+    rows.append({"instruction": "What does PRN mean?", "output": "As needed.", "split": "test"})
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    extra = {"preference.method": "dpo", "preference.steps": 3, "preference.lr": 1e-3, "train.batch_size": 4}
+    out = run(_config(tiny_checkpoint, data, name="dpo", **extra))
+    metrics = read_manifest(out).metrics
+    assert metrics["dpo"]["pairs"] == 8 and metrics["dpo"]["final_loss"] is not None
+    assert metrics["steps"] > 0  # the usual training ran first, on the 8 chat records
+    assert not (out / "ref").exists()
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and not any(".ref." in k for k in weights)

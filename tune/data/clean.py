@@ -99,7 +99,9 @@ def clean(records: list[Record], ratios, threshold: float) -> tuple[dict[str, li
             (kept[j] for j in lsh.query(mh) if jaccard(grams[i], grams[j]) >= threshold),
             key=lambda r: _source_key(r.source),
         )
-        same = next((other for other in near if other.split == rec.split), None)
+        # a preference record and the chat record of the same correction share a question: both stay
+        kind = rec.rejected is None
+        same = next((o for o in near if o.split == rec.split and (o.rejected is None) == kind), None)
         if same is not None:
             stats.note("near_duplicates", rec, f"near duplicate of {where(same.source, rec.source)}")
             continue
