@@ -200,7 +200,7 @@ def _vllm_structured_output_and_logprobs(c: Client) -> None:
         system = {"role": "system", "content": "Extract the fields of the text as JSON."}
         request = c.request([system, {"role": "user", "content": text}], max_tokens=160)
         request.sampling.response_format.CopyFrom(pb.ResponseFormat(type="json_schema", json_schema=json.dumps(schema)))
-        return c.inference.Generate(request, timeout=300)
+        return c.inference.Generate(request, timeout=300, metadata=c.metadata)
 
     with cf.ThreadPoolExecutor(4) as pool:
         free = pool.submit(c.generate, QUESTIONS[1], chat=True, max_tokens=48)
