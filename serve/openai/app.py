@@ -31,6 +31,7 @@ from serve.admission import Admission
 from serve.call import Call
 from serve.errors import InvalidArgument, ServeError
 from serve.feedback.capture import given
+from serve.job import Event
 from serve.models import Models
 from serve.openai import errors, translate
 from serve.openai.protocol import FINISH, Body, ChatRequest, CompletionRequest, FeedbackBody, Sampling
@@ -328,11 +329,17 @@ class Answer:
             chunk["usage"] = None
         return chunk
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """Server-sent events: each choice's pieces as they come, its finish, usage if asked, [DONE].
-
-        An error after the stream began is sent as an ``{"error": ...}`` event (the status line is
-        already out); a client that disconnects cancels its calls."""
+    async def _events(self) -> AsyncIterator[tuple[int, Event | None, ServeError | None]]:
+        """(choice, event, error) as the choices produce them. One choice is read directly, so a
+        slow reader gets fewer, larger chunks (the call merges what queued up, as for gRPC);
+        several are read by a task each into one queue."""
+        if len(self.calls) == 1:
+            try:
+                async for event in self.calls[0].accounted(self.calls[0].events()):
+                    yield 0, event, None
+            except ServeError as exc:
+                yield 0, None, exc
+            return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def run(i: int, call: Call) -> None:
@@ -344,18 +351,29 @@ class Answer:
             finally:
                 await queue.put((i, None, None))
 
+        self.tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(self.calls)]
+        running = len(self.calls)
+        while running:
+            i, event, error = await queue.get()
+            if event is None and error is None:
+                running -= 1
+            else:
+                yield i, event, error
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Server-sent events: each choice's pieces as they come, its finish, usage if asked, [DONE].
+
+        An error after the stream began is sent as an ``{"error": ...}`` event (the status line is
+        already out); a client that disconnects cancels its calls."""
+        events = self._events()
         try:
             if self.chat or self.echo:
                 for i in range(len(self.calls)):
                     yield sse(self._chunk(i, self.echo or None, None, first=self.chat))
-            self.tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(self.calls)]
-            running, sent = len(self.calls), [0] * len(self.calls)  # characters sent per choice
-            while running:
-                i, event, error = await queue.get()
+            sent = [0] * len(self.calls)  # characters sent per choice
+            async for i, event, error in events:
                 if error is not None:
                     yield sse(errors.from_serve_error(error)[1])
-                elif event is None:
-                    running -= 1
                 else:
                     if event.text or event.logprobs:
                         logprobs = self._logprobs(self.calls[i], event.logprobs or [], sent[i])
@@ -368,6 +386,7 @@ class Answer:
                 yield sse(usage)
             yield sse("[DONE]")
         finally:
+            await events.aclose()  # a client gone mid-stream: its call is cancelled now, not at collection
             self.close()
 
 

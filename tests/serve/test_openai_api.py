@@ -306,3 +306,40 @@ def test_echo_puts_the_prompt_before_the_completion(server):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny-onnx", prompt="x", max_tokens=2, echo=True, logprobs=1)
     assert e.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_client_gone_mid_stream_cancels_its_calls(server, n):
+    """The connection closes after the first chunk: the calls end as CANCELLED at once and free
+    their slots (one choice is read directly, several through a task each)."""
+    import http.client
+    import time
+
+    from prometheus_client import generate_latest
+
+    def cancelled() -> float:
+        prefix = 'enclave_requests_total{adapter="",api="http",code="CANCELLED"'
+        lines = generate_latest(server.metrics.registry).decode().splitlines()
+        return sum(float(x.split()[-1]) for x in lines if x.startswith(prefix))
+
+    before = cancelled()
+    body = {"model": "tiny-onnx", "messages": ASK, "max_tokens": 128, "min_tokens": 128, "stream": True, "n": n}
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(body),
+        {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    conn.sock.close()  # the client goes away mid-answer
+    conn.close()
+    deadline = time.monotonic() + 10
+    while cancelled() < before + n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + n
+    engine = server.models.active["tiny-onnx"].engine
+    while engine.load() and time.monotonic() < deadline:  # the engine drops the rows at its next step
+        time.sleep(0.05)
+    assert engine.load() == 0
