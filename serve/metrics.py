@@ -138,6 +138,8 @@ class Metrics:
             family.labels(model, adapter)
         for api in APIS:
             self.requests.labels(model, adapter, "OK", "stop", api)
+        for verdict in ("good", "bad", "neutral"):
+            self.feedback.labels(model, adapter, verdict)
 
     def serving(self, model: str, version: str, digest: str, backend: str, kind: str) -> None:
         """``enclave_model_info`` names this version of ``model`` only (an older one's series goes)."""

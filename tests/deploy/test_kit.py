@@ -219,3 +219,23 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     )
     level = float(done.stdout.split("Overall exposure level for enclave.service:")[1].split()[0])
     assert level <= 2.0, done.stdout[-2000:]
+
+
+def test_feedback_purge_timer_verifies_and_is_hardened(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed on this machine (Debian package systemd)")
+    name = "enclave-feedback-purge"
+    text = (DEPLOY / f"systemd/{name}.service").read_text()
+    argv = shlex.split(next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")))
+    assert argv[:3] == ["/opt/enclave/bin/enclave", "feedback", "purge"]
+    assert_cli(argv[1:])
+    (tmp_path / f"{name}.service").write_text(text.replace(argv[0], str(Path(sys.executable).parent / "enclave")))
+    (tmp_path / f"{name}.timer").write_text((DEPLOY / f"systemd/{name}.timer").read_text())
+    units = [str(tmp_path / f"{name}.service"), str(tmp_path / f"{name}.timer")]
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", units[0]], capture_output=True, text=True, timeout=60
+    )
+    level = float(done.stdout.split(f"Overall exposure level for {name}.service:")[1].split()[0])
+    assert level <= 2.0, done.stdout[-2000:]

@@ -37,6 +37,7 @@ def test_config_and_rules_pass_promtool(promtool):
         "EnclaveShedding",
         "EnclavePromptLengthDrift",
         "EnclaveContextLimitHits",
+        "EnclaveFeedbackStoreFailing",
     }
 
 
