@@ -5,7 +5,11 @@ Layout::
     REPO/models/NAME/VERSION/      an artifact (onnx, vllm, or an HF checkpoint) with its manifest
     REPO/models/NAME/active.json   {"active": VERSION, "digest": PIN, "previous": [{"version": V, "digest": PIN}, ...]}
     REPO/adapters/NAME/            adapter artifacts from `enclave tune`
+    REPO/adapters/NAME@VERSION/    versions of an adapter (`enclave serve add-adapter --version`)
     REPO/adapter-pins/NAME.json    {"adapter": NAME, "digest": PIN}, written when the adapter is added
+                                   (NAME@VERSION.json for a version)
+    REPO/adapter-releases/NAME.json  {"active": VERSION, "canary": {"version", "share"} | null,
+                                   "previous": [VERSION, ...]}: which version answers requests for NAME
 
 ``active.json`` is replaced atomically (write a temporary file, then rename), so a server that
 reads it sees the old or the new version, never a mix; `rollback` pops ``previous``.
@@ -32,6 +36,7 @@ from enclave.store import check_name
 
 ACTIVE = "active.json"
 PINS = "adapter-pins"
+RELEASES = "adapter-releases"
 SERVABLE_KINDS = ("onnx", "vllm", "base_model", "merged", "pruned", "distilled", "quantized")
 log = logging.getLogger("enclave.serve")
 
@@ -212,8 +217,9 @@ class Repository:
             self.activate(model, version)
         return self.version(model, version)
 
-    def add_adapter(self, artifact: Path) -> Manifest:
-        """Copy a verified adapter in as adapters/NAME (NAME from its manifest) and pin its digest.
+    def add_adapter(self, artifact: Path, version: str | None = None) -> Manifest:
+        """Copy a verified adapter in as adapters/NAME (NAME from its manifest) and pin its digest;
+        with ``version``, as adapters/NAME@VERSION, the first version of NAME becoming its active one.
 
         Raises:
             EnclaveError: not an adapter, a manifest ``name`` that is not a safe directory name, or
@@ -226,7 +232,16 @@ class Repository:
                 fix="pass a directory made by `enclave tune`",
             )
         check_name(manifest.name, f"{Path(artifact) / MANIFEST}: adapter name")  # it becomes a directory name
-        final = self.adapters_dir / manifest.name
+        key = manifest.name
+        if version is not None:
+            check_name(version, "--version")
+            if (self.adapters_dir / manifest.name / MANIFEST).is_file():
+                raise EnclaveError(
+                    f"adapter {manifest.name!r} is in {self.root} without versions",
+                    fix="add the new one under another name, or remove the old one and add both with --version",
+                )
+            key = f"{manifest.name}@{version}"
+        final = self.adapters_dir / key
         if (final / MANIFEST).is_file():
             if read_manifest(final).digest != manifest.digest:
                 raise EnclaveError(
@@ -236,8 +251,70 @@ class Repository:
         else:
             with atomic_dir(final) as tmp:
                 shutil.copytree(artifact, tmp, dirs_exist_ok=True)
-        self._pin_adapter(manifest.name, require_valid(final).digest)
+        self._pin_adapter(key, require_valid(final).digest)
+        if version is not None and self.releases(manifest.name) is None:
+            self._write_release(manifest.name, {"active": version, "canary": None, "previous": []})
         return manifest
+
+    # --- adapter versions: the active one, a canary share, promote and roll back -----------------
+
+    def releases(self, name: str) -> dict | None:
+        """``adapter-releases/NAME.json`` (None for an adapter without versions)."""
+        path = self.root / RELEASES / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def adapter_versions(self, name: str) -> list[str]:
+        """The versions of adapter NAME in the repository."""
+        if not self.adapters_dir.is_dir():
+            return []
+        return sorted(p.name.split("@", 1)[1] for p in self.adapters_dir.glob(f"{name}@*") if (p / MANIFEST).is_file())
+
+    def _release(self, name: str, version: str | None = None) -> dict:
+        state = self.releases(name)
+        if state is None:
+            raise EnclaveError(
+                f"adapter {name!r} has no versions in {self.root}",
+                fix="add it with `enclave serve add-adapter ARTIFACT --version V`",
+            )
+        if version is not None and version not in self.adapter_versions(name):
+            raise EnclaveError(
+                f"adapter {name!r} has no version {version!r}; it has: {', '.join(self.adapter_versions(name))}",
+                fix=f"add it with `enclave serve add-adapter ARTIFACT --version {version}`",
+            )
+        return state
+
+    def canary(self, name: str, version: str, share: float) -> None:
+        """Send ``share`` of the requests for adapter NAME to ``version`` (0 ends the canary)."""
+        state = self._release(name, version)
+        if not 0.0 <= share <= 1.0:
+            raise EnclaveError(f"--share: {share} is not a share", fix="give a number from 0 to 1 (0.1 = 10%)")
+        if version == state["active"]:
+            raise EnclaveError(f"version {version} of {name!r} is already the active one", fix="canary another version")
+        canary = {"version": version, "share": share} if share > 0 else None
+        self._write_release(name, {**state, "canary": canary})
+
+    def promote(self, name: str, version: str | None = None) -> str:
+        """Make ``version`` (default: the canary's) the active version of adapter NAME; returns it."""
+        state = self._release(name, version)
+        version = version or (state["canary"] or {}).get("version")
+        if version is None:
+            raise EnclaveError(f"adapter {name!r} has no canary to promote", fix="name the version: --version V")
+        if version != state["active"]:
+            previous = [state["active"], *state["previous"]][:20]
+            self._write_release(name, {"active": version, "canary": None, "previous": previous})
+        return version
+
+    def rollback_adapter(self, name: str) -> str:
+        """Make the previously active version of adapter NAME active again (any canary ends); returns it."""
+        state = self._release(name)
+        if not state["previous"]:
+            raise EnclaveError(f"adapter {name!r} has no earlier active version", fix="promote a version by name")
+        back, rest = state["previous"][0], state["previous"][1:]
+        self._write_release(name, {"active": back, "canary": None, "previous": rest})
+        return back
+
+    def _write_release(self, name: str, state: dict) -> None:
+        atomic_write_bytes(self.root / RELEASES / f"{name}.json", (json.dumps(state, indent=2) + "\n").encode())
 
     def place_adapter(self, staged: Path, name: str) -> None:
         """Move a verified adapter directory in as adapters/NAME with one rename (a new name only), and pin it."""
@@ -257,7 +334,10 @@ class Repository:
             IntegrityError: a file differs from the manifest, or (PinMismatch) the manifest's digest
                 is not the one pinned when the adapter was added.
         """
-        check_name(name, "adapter")
+        base, _, version = name.partition("@")
+        check_name(base, "adapter")
+        if version:
+            check_name(version, "adapter version")
         path = self.adapters_dir / name
         if not (path / MANIFEST).is_file():
             known = sorted(p.name for p in self.adapters_dir.iterdir()) if self.adapters_dir.is_dir() else []

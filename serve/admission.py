@@ -97,7 +97,7 @@ class Admission:
             request_id,
             ids,
             sampling,
-            adapter=request.adapter or None,
+            adapter=self.models.route(served, request.adapter, request_id),  # a version of a versioned one
             deadline=time.monotonic() + remaining if remaining is not None else None,
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),

@@ -4,11 +4,18 @@ to a newly activated version.
 New requests go to the active version; when `enclave serve activate` or `rollback` changes
 ``active.json``, the watcher loads the new version, switches new requests to it, and lets the
 old one finish its in-flight requests before closing it.
+
+An adapter with versions (``REPO/adapter-releases/NAME.json``) is loaded as one engine adapter per
+version in use, ``NAME@VERSION``: requests for NAME go to the active version, or a canary share of
+them (chosen by the request id's hash, so a retried id lands on the same version) to the canary
+version. The watcher follows `enclave serve canary|promote|rollback --adapter`; a version no longer
+in use is unloaded once its requests finish. Metrics and the feedback store name NAME@VERSION.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +35,29 @@ from serve.tokenizer import ServeTokenizer
 log = logging.getLogger("enclave.serve")
 
 
+@dataclass(frozen=True)
+class Release:
+    """Which versions of a versioned adapter answer its requests."""
+
+    active: str
+    canary: str | None = None
+    share: float = 0.0
+
+    @classmethod
+    def of(cls, state: dict) -> Release:
+        canary = state.get("canary") or {}
+        return cls(state["active"], canary.get("version"), float(canary.get("share", 0.0)))
+
+    def versions(self) -> set[str]:
+        return {self.active, *([self.canary] if self.canary else [])}
+
+    def route(self, name: str, request_id: str) -> str:
+        """The engine adapter for a request: the canary's for ``share`` of request ids, else the active one's."""
+        if self.canary and int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 2**32 < self.share:
+            return f"{name}@{self.canary}"
+        return f"{name}@{self.active}"
+
+
 @dataclass
 class Served:
     """One loaded model version."""
@@ -37,7 +67,9 @@ class Served:
     tokenizer: ServeTokenizer
     engine: object
     load_seconds: float
-    adapters: dict[str, str] = field(default_factory=dict)  # name -> digest
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> digest (a versioned one: its active's)
+    releases: dict[str, Release] = field(default_factory=dict)  # versioned adapters by name
+    loaded: dict[str, dict[str, str]] = field(default_factory=dict)  # versioned adapter -> {version: digest}
 
     @property
     def backend(self) -> str:
@@ -131,6 +163,14 @@ class Models:
         return served
 
     @staticmethod
+    def route(served: Served, adapter: str, request_id: str) -> str | None:
+        """The engine adapter a request for ``adapter`` runs on (NAME@VERSION for a versioned one)."""
+        if not adapter:
+            return None
+        release = served.releases.get(adapter)
+        return release.route(adapter, request_id) if release is not None else adapter
+
+    @staticmethod
     def check_adapter(served: Served, adapter: str) -> None:
         if adapter and adapter not in served.adapters:
             raise NotFound(
@@ -151,27 +191,56 @@ class Models:
         async with self.lock:
             if name in served.adapters:
                 return served.adapters[name], 0.0
-            try:
-                path = await asyncio.to_thread(self._adapter_path, name)  # hash-verified
-            except IntegrityError as exc:  # it is there, but not as it was verified and pinned: refuse, don't load
-                raise FailedPrecondition(f"adapter: {exc.message}") from None
-            except EnclaveError as exc:
-                raise NotFound(f"adapter: {exc.message}") from None
-            manifest = read_manifest(path)
-            if not adapter_fits(manifest, served.version.manifest, served.version.path):
-                raise FailedPrecondition(
-                    f"adapter: {name} was trained on base {manifest.settings.get('base_model', {}).get('digest')}, "
-                    f"not on model {served.name} ({served.version.manifest.digest}); "
-                    "load it on the model it was trained for"
-                )
-            try:
-                await served.engine.load_adapter(name, path)
-            except EnclaveError as exc:
-                raise FailedPrecondition(f"adapter: {exc.message}") from None
-            served.adapters[name] = manifest.digest
-            self.metrics.start_series(served.name, name)
+            state = await asyncio.to_thread(self.repo.releases, name) if "@" not in name else None
+            if state is not None:
+                await self._release(served, name, Release.of(state))
+                return served.adapters[name], time.perf_counter() - started
+            digest = await self._load_one(served, name)
         log.info("adapter %s loaded on %s in %.2f s", name, served.name, time.perf_counter() - started)
-        return manifest.digest, time.perf_counter() - started
+        return digest, time.perf_counter() - started
+
+    async def _load_one(self, served: Served, name: str) -> str:
+        """Verify an adapter (NAME or NAME@VERSION) and load it on the engine under that name."""
+        try:
+            path = await asyncio.to_thread(self._adapter_path, name)  # hash-verified
+        except IntegrityError as exc:  # it is there, but not as it was verified and pinned: refuse, don't load
+            raise FailedPrecondition(f"adapter: {exc.message}") from None
+        except EnclaveError as exc:
+            raise NotFound(f"adapter: {exc.message}") from None
+        manifest = read_manifest(path)
+        if not adapter_fits(manifest, served.version.manifest, served.version.path):
+            raise FailedPrecondition(
+                f"adapter: {name} was trained on base {manifest.settings.get('base_model', {}).get('digest')}, "
+                f"not on model {served.name} ({served.version.manifest.digest}); "
+                "load it on the model it was trained for"
+            )
+        try:
+            await served.engine.load_adapter(name, path)
+        except EnclaveError as exc:
+            raise FailedPrecondition(f"adapter: {exc.message}") from None
+        if "@" not in name:
+            served.adapters[name] = manifest.digest
+        self.metrics.start_series(served.name, name)
+        return manifest.digest
+
+    async def _release(self, served: Served, name: str, release: Release) -> None:
+        """Load the versions ``release`` uses, route NAME's requests by it, and unload the versions it
+        no longer uses once their requests finish (the lock is held)."""
+        loaded = served.loaded.setdefault(name, {})
+        for version in sorted(release.versions() - set(loaded)):
+            loaded[version] = await self._load_one(served, f"{name}@{version}")
+        served.releases[name] = release  # new requests route by it from here
+        served.adapters[name] = loaded[release.active]
+        for version in sorted(set(loaded) - release.versions()):
+            del loaded[version]
+            asyncio.get_running_loop().create_task(served.engine.unload_adapter(f"{name}@{version}"))
+        log.info(
+            "adapter %s on %s: version %s active%s",
+            name,
+            served.name,
+            release.active,
+            f", {release.share:.0%} to canary {release.canary}" if release.canary else "",
+        )
 
     def _adapter_path(self, name: str) -> Path:
         """REPO/adapters/NAME (verified and checked against its pin), else the artifact store's
@@ -187,8 +256,11 @@ class Models:
         self.check_adapter(served, name)
         async with self.lock:
             digest = served.adapters.pop(name)  # new requests for it get NOT_FOUND from now on
+            served.releases.pop(name, None)
+            engine_names = [f"{name}@{v}" for v in sorted(served.loaded.pop(name, set()))] or [name]
             try:
-                await served.engine.unload_adapter(name)  # after the requests already on it finish
+                for engine_name in engine_names:
+                    await served.engine.unload_adapter(engine_name)  # after the requests already on it finish
             except Exception:
                 served.adapters[name] = digest
                 raise
@@ -197,9 +269,11 @@ class Models:
     # --- versions ------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Poll active.json of every model and switch to a newly activated version."""
+        """Poll active.json of every model and switch to a newly activated version; follow the
+        releases of versioned adapters."""
         while True:
             await asyncio.sleep(self.cfg.watch_seconds)
+            await self._follow_releases()
             for name, served in list(self.active.items()):
                 wanted = (served.version.version, None)
                 try:
@@ -215,6 +289,26 @@ class Models:
                         wanted[0],
                         exc,
                         served.version.version,
+                        exc_info=not isinstance(exc, EnclaveError),
+                    )
+
+    async def _follow_releases(self) -> None:
+        for served in list(self.active.values()):
+            for name, release in list(served.releases.items()):
+                try:
+                    state = await asyncio.to_thread(self.repo.releases, name)
+                    wanted = Release.of(state) if state else release
+                    if wanted != release and self.failed.get(f"{served.name}:{name}") != wanted:
+                        async with self.lock:
+                            await self._release(served, name, wanted)
+                except Exception as exc:
+                    self.failed[f"{served.name}:{name}"] = wanted
+                    log.error(
+                        "adapter %s on %s: could not follow its release (%s); still serving version %s",
+                        name,
+                        served.name,
+                        exc,
+                        release.active,
                         exc_info=not isinstance(exc, EnclaveError),
                     )
 
@@ -245,6 +339,10 @@ class Models:
     async def _reload_adapters(self, old: Served, new: Served) -> None:
         for adapter in old.adapters:
             if adapter in new.adapters:
+                continue
+            if adapter in old.releases:  # versioned: the versions its release uses now
+                state = await asyncio.to_thread(self.repo.releases, adapter)
+                await self._release(new, adapter, Release.of(state) if state else old.releases[adapter])
                 continue
             try:  # the same verifying path as LoadAdapter: the files may have changed since they were loaded
                 path = await asyncio.to_thread(self._adapter_path, adapter)

@@ -9,7 +9,7 @@ HELP = (
     "serve models over gRPC (run the server: the default), "
     "or manage its model repository (add, activate, rollback, list)"
 )
-ACTIONS = ("run", "add", "add-adapter", "activate", "rollback", "list", "token", "cert")
+ACTIONS = ("run", "add", "add-adapter", "activate", "rollback", "canary", "promote", "list", "token", "cert")
 DEFAULT_ACTION = "run"
 EPILOG = """examples:
   enclave serve add ~/.cache/enclave/artifacts/clinical-legal-onnx --repo repo/ --name clinical-legal --version 1
@@ -18,6 +18,10 @@ EPILOG = """examples:
   enclave serve --config serve.yaml tls.cert=server.pem tls.key=server.key auth.tokens_file=tokens.yaml
   enclave serve activate clinical-legal 2 --repo repo/      a running server switches within watch_seconds
   enclave serve rollback clinical-legal --repo repo/        back to the version active before
+  enclave serve add-adapter clinical-legal-2 --version 2 --repo repo/    a second version of an adapter
+  enclave serve canary clinical-legal --version 2 --share 0.1 --repo repo/   10% of its requests to version 2
+  enclave serve promote clinical-legal --repo repo/         the canary becomes the active version
+  enclave serve rollback --adapter clinical-legal --repo repo/
   enclave serve list --repo repo/
   enclave serve token create --name ehr-gateway --role reader --tokens-file tokens.yaml   prints the token once
   enclave serve token revoke --name ehr-gateway --tokens-file tokens.yaml                 a running server drops it
@@ -57,16 +61,35 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("add-adapter", help="copy an adapter from `enclave tune` into REPO/adapters (verified)")
     p.add_argument("artifact", type=Path, help="an adapter directory, or a name in $ENCLAVE_HOME/adapters")
     _repo(p)
+    p.add_argument(
+        "--version",
+        help="add it as this version of the adapter named in its manifest (REPO/adapters/NAME@VERSION): the first "
+        "version becomes the active one, later ones wait for `canary` or `promote`",
+    )
     p.set_defaults(func=_add_adapter)
     p = sub.add_parser("activate", help="make a version the active one (atomically); a running server switches to it")
     p.add_argument("model")
     p.add_argument("version")
     _repo(p)
     p.set_defaults(func=_activate)
-    p = sub.add_parser("rollback", help="make the previously active version active again")
-    p.add_argument("model")
+    p = sub.add_parser("rollback", help="make the previously active version (of a model, or --adapter) active again")
+    p.add_argument("model", nargs="?", help="the model (or give --adapter)")
+    p.add_argument("--adapter", help="roll back this versioned adapter instead (any canary ends)")
     _repo(p)
     p.set_defaults(func=_rollback)
+    p = sub.add_parser(
+        "canary", help="send a share of a versioned adapter's requests to another version; a running server follows"
+    )
+    p.add_argument("adapter")
+    p.add_argument("--version", required=True, help="the version to try")
+    p.add_argument("--share", type=float, required=True, help="the share of requests it gets, 0 to 1 (0 ends it)")
+    _repo(p)
+    p.set_defaults(func=_canary)
+    p = sub.add_parser("promote", help="make a versioned adapter's canary (or --version) its active version")
+    p.add_argument("adapter")
+    p.add_argument("--version", help="the version to make active (default: the canary's)")
+    _repo(p)
+    p.set_defaults(func=_promote)
     p = sub.add_parser("list", help="the repository's models, versions and adapters")
     _repo(p)
     p.set_defaults(func=_list)
@@ -161,10 +184,19 @@ def _add_adapter(args: argparse.Namespace) -> int:
     from enclave.repository import Repository
     from enclave.store import resolve_adapter
 
-    m = Repository(args.repo).add_adapter(resolve_adapter(str(args.artifact)))
+    repo = Repository(args.repo)
+    m = repo.add_adapter(resolve_adapter(str(args.artifact)), args.version)
+    if args.version is None:
+        print(
+            f"added adapter {m.name} ({m.digest[:19]}); "
+            f"load it with `adapters: {{MODEL: [{m.name}]}}` or the LoadAdapter rpc"
+        )
+        return 0
+    active = repo.releases(m.name)["active"]
+    state = "active" if active == args.version else f"not active (version {active} is)"
     print(
-        f"added adapter {m.name} ({m.digest[:19]}); "
-        f"load it with `adapters: {{MODEL: [{m.name}]}}` or the LoadAdapter rpc"
+        f"added adapter {m.name} version {args.version} ({m.digest[:19]}), {state}; try it with "
+        f"`enclave serve canary {m.name} --version {args.version} --share 0.1`, make it active with `promote`"
     )
     return 0
 
@@ -178,9 +210,32 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from enclave.errors import EnclaveError
     from enclave.repository import Repository
 
+    if (args.model is None) == (args.adapter is None):
+        raise EnclaveError("rollback: give a model or --adapter NAME, not both", fix="e.g. rollback --adapter NAME")
+    if args.adapter is not None:
+        back = Repository(args.repo).rollback_adapter(args.adapter)
+        print(f"adapter {args.adapter}: version {back} is active again")
+        return 0
     print(f"{args.model}: version {Repository(args.repo).rollback(args.model)} is active again")
+    return 0
+
+
+def _canary(args: argparse.Namespace) -> int:
+    from enclave.repository import Repository
+
+    Repository(args.repo).canary(args.adapter, args.version, args.share)
+    print(f"adapter {args.adapter}: {args.share:.0%} of its requests go to version {args.version}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from enclave.repository import Repository
+
+    version = Repository(args.repo).promote(args.adapter, args.version)
+    print(f"adapter {args.adapter}: version {version} is active (the canary ended)")
     return 0
 
 
@@ -198,6 +253,11 @@ def _list(args: argparse.Namespace) -> int:
     console().print(table)
     adapters = sorted(p.name for p in repo.adapters_dir.iterdir()) if repo.adapters_dir.is_dir() else []
     print(f"adapters: {', '.join(adapters) or 'none'}")
+    for name in sorted({a.split("@", 1)[0] for a in adapters if "@" in a}):
+        state = repo.releases(name) or {}
+        canary = state.get("canary")
+        also = f", {canary['share']:.0%} to version {canary['version']}" if canary else ""
+        print(f"  {name}: version {state.get('active', '?')} active{also}")
     return 0
 
 

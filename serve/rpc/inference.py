@@ -72,7 +72,7 @@ class InferenceService(rpc.InferenceServicer):
             timings=timings,
             model=s.name,
             model_version=s.version.version,
-            adapter=request.adapter,
+            adapter=call.job.adapter or "",  # NAME@VERSION for a versioned adapter
             logprobs=token_logprobs(logprobs, s.tokenizer),
         )
 
@@ -88,7 +88,7 @@ class InferenceService(rpc.InferenceServicer):
                 message.timings.CopyFrom(timings)
                 message.finish_reason = FINISH[event.finish]
                 message.model, message.model_version = call.served.name, call.served.version.version
-                message.adapter = request.adapter
+                message.adapter = call.job.adapter or ""
             yield message
 
     async def Tokenize(self, request, context):
