@@ -11,10 +11,11 @@ SHELL  := bash
 .SHELLFLAGS := -o pipefail -ec
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install vllm-env tools demo test test-fast lint format soak bench bench-env proto schema clean
+.PHONY: help install vllm-env tools demo demo-feedback test test-fast lint format soak bench bench-env proto schema clean
 
 help:
 	@echo "make demo     set up and run the end-to-end demo (pull SmolLM2, tune, compress, serve over gRPC and the OpenAI API, bundle for offline)"
+	@echo "make demo-feedback  after make demo: reviewers correct answers, the next adapter is tuned, gated, canaried and promoted"
 	@echo "make test     set up and run all tests (lint, unit, then the slow end-to-end ones)"
 	@echo "make lint     ruff check and ruff format --check (settings in pyproject.toml); make format applies them"
 	@echo "make install  create .venv and install enclave-llm[all] at the tested versions"
@@ -108,6 +109,12 @@ demo: install vllm-env
 	test -f $(STORE)/keys/demo.key || $(BIN)/enclave bundle keygen $(STORE)/keys/demo
 	$(BIN)/enclave bundle create $(BUNDLE) --key $(STORE)/keys/demo.key --model clinical-legal@1=$(STORE)/artifacts/clinical-legal-onnx --wheels
 	$(BIN)/enclave bundle verify $(BUNDLE) --key $(STORE)/keys/demo.pub
+
+# The expert feedback loop on the demo's model (after `make demo`): serve, two reviewers correct
+# three wrong answers, export, tune version 2 from the served adapter with rehearsal, gate it, a
+# 50% canary, promote; the corrected questions are asked again (deploy/demo_feedback.py).
+demo-feedback: install
+	$(BIN)/python deploy/demo_feedback.py
 
 test: install vllm-env tools lint
 	$(BIN)/python -m pytest

@@ -14,10 +14,15 @@ server's status code and a message that names the field.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
+# gRPC's C core logs connection events (a server closing an idle connection, "Got goaway") at
+# INFO to stderr; a client's user sees errors only, unless they ask for more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402 (after its log level)
 
 from enclave.v1 import inference_pb2 as pb
 from enclave.v1 import inference_pb2_grpc as rpc

@@ -193,10 +193,12 @@ def _add_adapter(args: argparse.Namespace) -> int:
         )
         return 0
     active = repo.releases(m.name)["active"]
-    state = "active" if active == args.version else f"not active (version {active} is)"
+    if active == args.version:
+        print(f"added adapter {m.name} version {args.version} ({m.digest[:19]}), active: {m.name}'s requests go to it")
+        return 0
     print(
-        f"added adapter {m.name} version {args.version} ({m.digest[:19]}), {state}; try it with "
-        f"`enclave serve canary {m.name} --version {args.version} --share 0.1`, make it active with `promote`"
+        f"added adapter {m.name} version {args.version} ({m.digest[:19]}), not active (version {active} is); try it "
+        f"with `enclave serve canary {m.name} --version {args.version} --share 0.1`, make it active with `promote`"
     )
     return 0
 
