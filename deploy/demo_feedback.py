@@ -6,7 +6,8 @@
    senior associate) correct them. A feedback for an unknown id and one from a reader's token are
    refused (NOT_FOUND, PERMISSION_DENIED).
 3. Export the corrections, check them (check-data, with its PHI check), tune version 2 from the
-   served adapter on them with rehearsal, and gate it against version 1.
+   served adapter on them with rehearsal (tune/recipes/clinical_legal_feedback.yaml), and gate it
+   against version 1.
 4. Add version 2, send it 50% of the requests (canary), promote it, and ask the corrected
    questions again.
 
@@ -160,12 +161,9 @@ def main() -> int:
             enclave(
                 "tune",
                 "--config",
-                str(ROOT / "tune/recipes/clinical_legal.yaml"),
+                str(ROOT / "tune/recipes/clinical_legal_feedback.yaml"),
                 f"init_adapter={ADAPTER}",
                 f"data.path={corrections}",
-                "data.split_ratios=[1.0,0.0,0.0]",
-                "train.patience=null",
-                "rehearsal.share=0.3",
                 f"output={candidate}",
                 "overwrite=true",
                 "--restart",
