@@ -347,7 +347,8 @@ def _summary(
     t.add_column(style="bold")
     t.add_column()
     t.add_row("adapter", str(path))
-    t.add_row("steps", f"{result.steps} (best {result.best_step}{', stopped early' if result.stopped_early else ''})")
+    best = f" (best {result.best_step}{', stopped early' if result.stopped_early else ''})" if result.evals else ""
+    t.add_row("steps", f"{result.steps}{best}")  # no validation split: no best step, the last one is the result
     if forgetting:
         t.add_row(
             "general text perplexity",
