@@ -184,7 +184,7 @@ def main() -> int:
             right = 0
             for question, reference, before in wrong:
                 after = ask(question, f"after-{question[:20]}")
-                right += exact_match(after.text, reference)
+                right += int(exact_match(after.text, reference))
                 print(f"  Q: {question}\n     before ({before.adapter}): {before.text.strip()!r}")
                 print(f"     after  ({after.adapter}): {after.text.strip()!r}")
             print(f"  {right} of {len(wrong)} corrected questions are now answered right")
