@@ -108,6 +108,7 @@ def gate(
         EnclaveError: either is not a verified adapter, or they were made for different bases.
     """
     from enclave.hf.loader import with_adapter
+    from tune.eval.run import score
     from tune.train.model import load_base
 
     cand_path, cand_manifest, cand_cfg = _adapter(candidate, "candidate")
@@ -122,6 +123,7 @@ def gate(
     model = with_adapter(model, resolved, act_path)  # PEFT names it "default"
     model.load_adapter(str(cand_path), adapter_name="candidate")
     trained = [shingles(r.prompt_text) for r in prepare(cand_cfg.data, tokenizer, context).records["train"]]
+    scoring = cand_cfg.model_copy(update={"eval": cand_cfg.eval.model_copy(update={"max_examples": None})})
     sets = []
     seen = set()
     # (name, data settings, whole): an adapter's own test split, or a --data set used whole
@@ -150,32 +152,12 @@ def gate(
         scores = {}
         for label, adapter in (("active", "default"), ("candidate", "candidate")):
             model.set_adapter(adapter)
-            scores[label] = _score(cand_cfg, model, tokenizer, records, examples, label)
+            scores[label] = score(scoring, model, tokenizer, records, examples, label, f"gate {label}")
         sets.append(_judge(name, len(records), left_out, scores, max_drop, max_gap_widening))
     verdict = Verdict(cand_path, act_path, sets, max_drop, max_gap_widening)
     if record:
         update_metrics(cand_path, {"gate": verdict.to_dict(act_manifest.digest)})
     return verdict
-
-
-def _score(cfg: TuneConfig, model, tokenizer, records, examples, label: str):
-    from tqdm import tqdm
-
-    from tune.eval.run import evaluate
-
-    with tqdm(total=len(records), desc=f"gate {label}", unit="ex") as bar:
-        return evaluate(
-            model,
-            tokenizer,
-            records,
-            examples,
-            label,
-            cfg.data.system_prompt,
-            cfg.eval.max_new_tokens,
-            cfg.eval.batch_size,
-            cfg.eval.fairness_gap_threshold,
-            bar.update,
-        )
 
 
 def _judge(name, n, left_out, scores, max_drop, max_gap_widening) -> SetResult:

@@ -26,7 +26,7 @@ from tune.continual import Continual, Previous, add_rehearsal, previous
 from tune.data.prepare import prepare
 from tune.data.report import print_report
 from tune.eval.report import markdown, print_side_by_side
-from tune.eval.run import evaluate, text_perplexity
+from tune.eval.run import score, text_perplexity
 from tune.plots import loss_curve
 from tune.train import distributed
 from tune.train.loop import TrainResult, total_steps, train
@@ -199,25 +199,9 @@ def _evaluate(cfg, model, tokenizer, data) -> list:
 
 
 def _score(cfg, model, tokenizer, records, examples, label: str, disabled: bool = False, split: str = ""):
-    """One model's scores on a test split (at most eval.max_examples of it)."""
-    from tqdm import tqdm
-
-    if cfg.eval.max_examples:
-        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
-    with tqdm(total=len(records), desc=f"eval {label}{split}", unit="ex") as bar:
-        with model.disable_adapter() if disabled else contextlib.nullcontext():
-            return evaluate(
-                model,
-                tokenizer,
-                records,
-                examples,
-                label,
-                cfg.data.system_prompt,
-                cfg.eval.max_new_tokens,
-                cfg.eval.batch_size,
-                cfg.eval.fairness_gap_threshold,
-                bar.update,
-            )
+    """One model's scores on a test split (at most eval.max_examples of it); ``disabled``: the base."""
+    with model.disable_adapter() if disabled else contextlib.nullcontext():
+        return score(cfg, model, tokenizer, records, examples, label, f"eval {label}{split}")
 
 
 def _continual_scores(cfg, model, tokenizer, data, prev: Previous, label: str) -> dict:

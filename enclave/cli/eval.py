@@ -38,8 +38,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from tqdm import tqdm
-
     from enclave.atomic import atomic_write_bytes
     from enclave.config import load_config
     from enclave.manifest import update_metrics
@@ -47,28 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from tune.data.prepare import prepare
     from tune.eval.artifact import load_for_eval
     from tune.eval.report import markdown, print_side_by_side
-    from tune.eval.run import evaluate, text_perplexity
+    from tune.eval.run import score, text_perplexity
 
     cfg = load_config(TuneConfig, args.config, [f"data.path={args.data}", *args.overrides])
     model, tokenizer, label, artifact = load_for_eval(args.model, args.adapter)
     context = getattr(model, "context_length", None) or getattr(model.config, "max_position_embeddings", None)
     data = prepare(cfg.data, tokenizer, context)
-    records, examples = data.records["test"], data.examples["test"]
-    if cfg.eval.max_examples:
-        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
-    with tqdm(total=len(records), desc=f"eval {label}", unit="ex") as bar:
-        result = evaluate(
-            model,
-            tokenizer,
-            records,
-            examples,
-            label,
-            cfg.data.system_prompt,
-            cfg.eval.max_new_tokens,
-            cfg.eval.batch_size,
-            cfg.eval.fairness_gap_threshold,
-            bar.update,
-        )
+    result = score(cfg, model, tokenizer, data.records["test"], data.examples["test"], label, f"eval {label}")
     if args.text:
         result.metrics["text_perplexity"] = text_perplexity(model, tokenizer, args.text.read_text(encoding="utf-8"))
     print_side_by_side([result])

@@ -13,7 +13,7 @@ from enclave.evaluation.task import evaluate as evaluate_items
 from tune.data.records import Record
 from tune.data.tokenize import IGNORE, Example, prompt_ids
 
-__all__ = ["EvalResult", "as_lm", "evaluate", "items", "text_perplexity"]
+__all__ = ["EvalResult", "as_lm", "evaluate", "items", "score", "text_perplexity"]
 
 
 def as_lm(model, tokenizer, batch_size: int = 16) -> LanguageModel:
@@ -56,6 +56,28 @@ def evaluate(
         progress,
         batch_size,
     )
+
+
+def score(cfg, model, tokenizer, records: list[Record], examples: list[Example], label: str, desc: str) -> EvalResult:
+    """``evaluate`` with a recipe's settings (``cfg``: a TuneConfig), at most ``cfg.eval.max_examples``
+    of the records, under a progress bar named ``desc``."""
+    from tqdm import tqdm
+
+    if cfg.eval.max_examples:
+        records, examples = records[: cfg.eval.max_examples], examples[: cfg.eval.max_examples]
+    with tqdm(total=len(records), desc=desc, unit="ex") as bar:
+        return evaluate(
+            model,
+            tokenizer,
+            records,
+            examples,
+            label,
+            cfg.data.system_prompt,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            cfg.eval.fairness_gap_threshold,
+            bar.update,
+        )
 
 
 def text_perplexity(model, tokenizer, text: str, window: int = 512, max_tokens: int | None = None) -> float:
