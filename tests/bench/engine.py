@@ -22,7 +22,6 @@ Run: python -m tests.bench.engine [--threads 2] [--out bench-results]
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import contextlib
 import json
@@ -36,9 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.bench.compress_quality import save
 from tests.bench.serving import enclave_server, export
-from tests.bench.workload import OPENINGS, judged, memory_mb, percentile, print_bars, stream_stats, windows
+from tests.bench.workload import OPENINGS, conclude, memory_mb, percentile, serving_args, stream_stats, windows
 
 ROOT = Path(__file__).resolve().parents[2]
 DECODE = 96  # tokens per decode request
@@ -171,11 +169,7 @@ def arrival(target: str, long_prompt: str, running: int = 7, tokens: int = 256) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = parser.parse_args()
+    args = serving_args(__doc__)
     from transformers import AutoTokenizer
 
     from enclave.repository import Repository
@@ -234,9 +228,7 @@ def main() -> None:
         "arrival_itl": r["arrival"]["p99_ms"] / r["arrival"]["median_ms"],
         "adapter_memory": (rss[10] - rss[0]) / r["adapter_files_mb"],
     }
-    r["bars"] = judged(BARS, values)
-    save(args.out, "engine", r)
-    print_bars(r["bars"])
+    conclude(args.out, "engine", r, BARS, values)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ Run: python -m tests.bench.http_api [--threads 2] [--out bench-results]
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.compress_quality import save
 from tests.bench.engine import DECODE, server, streams
 from tests.bench.serving import free_port, int8_repo
-from tests.bench.workload import OPENINGS, judged, print_bars
+from tests.bench.workload import OPENINGS, conclude, serving_args
 
 STREAMS, REQUESTS, ROUNDS = 8, 24, 3
 BARS = {  # name: (what, threshold, higher is better)
@@ -57,11 +55,7 @@ def http_streams(port: int, n: int = STREAMS, requests: int = REQUESTS) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = parser.parse_args()
+    args = serving_args(__doc__)
     r: dict = {"threads": args.threads, "streams": STREAMS, "requests": REQUESTS, "decode_tokens": DECODE}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -77,9 +71,7 @@ def main() -> None:
     r["grpc_8"], r["http_8"] = max(grpc_runs), max(http_runs)
     r["runs"] = {"grpc": grpc_runs, "http": http_runs}
     values = {"http_8_vs_grpc": r["http_8"] / r["grpc_8"]}
-    r["bars"] = judged(BARS, values)
-    save(args.out, "http_api", r)
-    print_bars(r["bars"])
+    conclude(args.out, "http_api", r, BARS, values)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Run: python -m tests.bench.structured [--threads 2] [--out bench-results]
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -20,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.compress_quality import save
 from tests.bench.engine import server
 from tests.bench.serving import int8_repo
-from tests.bench.workload import OPENINGS, judged, print_bars
+from tests.bench.workload import OPENINGS, conclude, serving_args
 
 TOKENS, STREAMS, REQUESTS, ROUNDS = 128, 8, 16, 3
 SCHEMA = {
@@ -61,11 +59,7 @@ def streams(target: str, constrained: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = parser.parse_args()
+    args = serving_args(__doc__)
     r: dict = {"threads": args.threads, "tokens": TOKENS, "streams": STREAMS, "schema": SCHEMA}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -82,9 +76,7 @@ def main() -> None:
                     best[f"{key}_8"] = max(best[f"{key}_8"], streams(target, constrained))
     r.update(best)
     values = {"json_1_vs_free": best["json_1"] / best["free_1"], "json_8_vs_free": best["json_8"] / best["free_8"]}
-    r["bars"] = judged(BARS, values)
-    save(args.out, "structured", r)
-    print_bars(r["bars"])
+    conclude(args.out, "structured", r, BARS, values)
 
 
 if __name__ == "__main__":

@@ -182,3 +182,23 @@ def print_bars(bars: dict) -> None:
     """One line per bar, for the person running the bench."""
     for b in bars.values():
         print(f"{b['what']}: {b['value']:.2f} (bar {b['threshold']}): {'met' if b['met'] else 'MISSED'}")
+
+
+def serving_args(doc: str):
+    """The command line of a bench module that serves one model: --model, --threads, --out."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    return parser.parse_args()
+
+
+def conclude(out: Path, name: str, result: dict, spec: dict, values: dict) -> None:
+    """Judge the bars of ``spec`` on ``values``, save ``result`` as OUT/NAME.json, print the bars."""
+    from tests.bench.compress_quality import save
+
+    result["bars"] = judged(spec, values)
+    save(out, name, result)
+    print_bars(result["bars"])
