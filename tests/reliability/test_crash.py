@@ -67,7 +67,7 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
         fresh = i == 0 or adapter.exists()
         if adapter.exists():  # the last round finished before its kill: start this one over
             subprocess.run(["rm", "-rf", str(adapter)], check=True)
-        delay = kill_at_random(["tune", "run", "--restart" if fresh else "--resume", *recipe], env, rng, (3.0, 9.0))
+        delay = kill_at_random(["tune", "run", "--restart" if fresh else "--resume", *recipe], env, rng, (2.0, 6.0))
         kills.append(("tune", round(delay, 2)))
         finished_first += delay < 0
         assert not adapter.exists() or verified(adapter), "a partial adapter under its final name"
@@ -115,7 +115,7 @@ def test_kill_9_during_tune_compress_and_install_leaves_nothing_partial(tmp_path
     install = ["bundle", "install", str(bundle), "--key", f"{keys}.pub", "--repo", str(repo), "--no-wheels"]
     final = repo / "models" / "crash" / "1"
     for _ in range(KILLS["install"]):
-        delay = kill_at_random(install, env, rng, (0.05, 0.5))
+        delay = kill_at_random(install, env, rng, (0.02, 0.25))
         kills.append(("install", round(delay, 2)))
         finished_first += delay < 0
         assert not final.exists() or verified(final), "a partial model under its final name"
