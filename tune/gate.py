@@ -146,8 +146,11 @@ def gate(
             examples.append(ex)
         if max_examples:
             records, examples = records[:max_examples], examples[:max_examples]
+        if not pairs:  # e.g. a candidate trained on all of its data (split_ratios [1, 0, 0]): nothing to score
+            log.info("gate: %s is empty", name)
+            continue
         if not records:
-            log.warning("gate: %s has no records left to score", name)
+            log.warning("gate: %s has no records left to score: all %d are training data", name, left_out)
             continue
         scores = {}
         for label, adapter in (("active", "default"), ("candidate", "candidate")):

@@ -10,6 +10,7 @@ import json
 import logging
 import resource
 import shutil
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def run(cfg: TuneConfig, resume: bool = False, restart: bool = False) -> Path | 
     if not ranks.main:
         distributed.finish(ranks)
         return None
-    evals = _evaluate(cfg, model, tokenizer, data)
+    evals = _evaluate(cfg, model, tokenizer, data, continued=prev is not None)
     forgetting = _forgetting(cfg, before, model, tokenizer, evals)
     continual = None
     if prev is not None:
@@ -188,10 +189,13 @@ def _train(cfg, model, data, tokenizer, work: Path, ranks, resume: bool) -> Trai
     return result
 
 
-def _evaluate(cfg, model, tokenizer, data) -> list:
+def _evaluate(cfg, model, tokenizer, data, continued: bool = False) -> list:
     records, examples = data.records["test"], data.examples["test"]
     if not records:
-        log.warning("the test split is empty: no evaluation")
+        if continued:  # corrections are all training data; the earlier adapter's frozen split is scored
+            log.info("the new data has no test split: scored on the earlier adapter's frozen test split")
+        else:
+            log.warning("the test split is empty: no evaluation")
         return []
     runs = [("base", True)] if cfg.eval.compare_base and cfg.lora.method == "lora" else []
     runs.append(("adapter" if cfg.lora.method == "lora" else "tuned", False))
@@ -270,7 +274,11 @@ def _write(
     kind = "adapter" if cfg.lora.method == "lora" else "merged"
     with create_artifact(out, kind, cfg.name, parents=parents, settings=settings, overwrite=cfg.overwrite) as draft:
         if kind == "adapter":
-            model.save_pretrained(draft.path, safe_serialization=True)
+            with warnings.catch_warnings():
+                # A continued adapter names its base by store name, not a path: PEFT (offline) cannot look
+                # up its config.json and says so; the vocabulary is never resized here, as it assumes.
+                warnings.filterwarnings("ignore", message="Could not find a config file in")
+                model.save_pretrained(draft.path, safe_serialization=True)
             _name_base(draft.path / "adapter_config.json", cfg.base_model)
         else:
             model.save_pretrained(draft.path, safe_serialization=True)

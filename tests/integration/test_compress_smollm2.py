@@ -16,9 +16,9 @@ from tests.integration.conftest import NAME
 pytestmark = pytest.mark.slow
 
 
-def test_merge_prune_report(store, quick_adapter, tmp_path, monkeypatch):
+def test_merge_prune_report(store, tuned_adapter, tmp_path, monkeypatch):
     monkeypatch.setenv("ENCLAVE_HOME", str(store))
-    adapter, _ = quick_adapter
+    adapter, _ = tuned_adapter
     merged = registry.get("merge").run(NAME, MergeSettings(adapter=str(adapter)), tmp_path / "merged", "merged")
     m, problems = verify(merged)
     assert problems == [] and m.metrics["same_argmax"] and m.metrics["max_logit_diff"] < 1e-3

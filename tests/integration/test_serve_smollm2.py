@@ -47,15 +47,13 @@ def _export(store, precision: str, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repo(store, quick_adapter, tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve-smollm2")
-    _export(store, "int4", tmp / "onnx")
-    repo = tmp / "repo"
-    _cli(store, "serve", "add", str(tmp / "onnx"), "--repo", str(repo), "--name", "smollm2-int4", "--version", "1")
+def repo(store, tuned_adapter, int4_onnx, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("serve-smollm2") / "repo"
+    _cli(store, "serve", "add", str(int4_onnx), "--repo", str(repo), "--name", "smollm2-int4", "--version", "1")
     _cli(
         store, "serve", "add", str(store / "models" / NAME), "--repo", str(repo), "--name", "smollm2", "--version", "1"
     )
-    _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
+    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     return repo
 
 
@@ -113,7 +111,7 @@ def test_node_client_from_the_proto_alone(server, tmp_path):
 
 
 @pytest.mark.skipif(not VLLM_PYTHON, reason="vLLM's environment is not built (make vllm-env)")
-def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
+def test_vllm_backend_with_adapters(store, tuned_adapter, tmp_path):
     out = tmp_path / "vllm"
     _cli(
         store,
@@ -124,13 +122,13 @@ def test_vllm_backend_with_adapters(store, quick_adapter, tmp_path):
         "--format",
         "vllm",
         "--adapters",
-        str(quick_adapter[0]),
+        str(tuned_adapter[0]),
         "--out",
         str(out),
     )
     repo = tmp_path / "repo"
     _cli(store, "serve", "add", str(out), "--repo", str(repo), "--name", "smollm2-vllm", "--version", "1")
-    _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
+    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     tokens, admin = admin_tokens(tmp_path)  # the Admin rpcs below need an admin token
     proc = subprocess.Popen(
         [
@@ -219,13 +217,13 @@ def _vllm_structured_output_and_logprobs(c: Client) -> None:
     assert all(not lp.top and -9999.0 <= lp.logprob <= 0.0 for lp in sampled.logprobs)
 
 
-def test_adapter_unmerged_on_onnxruntime_equals_peft(store, quick_adapter, tmp_path, monkeypatch):
+def test_adapter_unmerged_on_onnxruntime_equals_peft(store, tuned_adapter, tmp_path, monkeypatch):
     """The tuned adapter on an fp32 ONNX export of SmolLM2, unmerged, chosen per request, answers
     exactly as transformers + PEFT do, alone and in a batch mixing the base and the adapter."""
     _export(store, "fp32", tmp_path / "onnx")
     repo = tmp_path / "repo"
     _cli(store, "serve", "add", str(tmp_path / "onnx"), "--repo", str(repo), "--name", "smollm2-fp32", "--version", "1")
-    _cli(store, "serve", "add-adapter", str(quick_adapter[0]), "--repo", str(repo))
+    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     cfg = serve_config(repo, default_model="smollm2-fp32", threads=None, adapters={"smollm2-fp32": ["integration"]})
     jobs = [(q, a) for q in QUESTIONS for a in ("", "integration")]
     with running(cfg) as s, Client(f"127.0.0.1:{s.port}") as c:

@@ -15,9 +15,9 @@ from tests.integration.conftest import NAME
 pytestmark = pytest.mark.slow
 
 
-def test_tune_beats_base_and_eval_agrees(store, quick_adapter, tmp_path):
+def test_tune_beats_base_and_eval_agrees(store, tuned_adapter, tmp_path):
     env = {**os.environ, "ENCLAVE_HOME": str(store)}
-    out, proc = quick_adapter
+    out, proc = tuned_adapter
     assert "Evaluation on the test split" in proc.stdout and "Tuning run" in proc.stdout
     manifest, problems = verify(out)
     assert problems == []

@@ -55,3 +55,28 @@ def test_gate_passes_a_continued_adapter_and_records_the_verdict(enclave_home, t
     names = [s["name"] for s in gate["sets"]]
     assert names == ["active test split", "candidate test split", str(corrections)]
     assert verify(candidate)[1] == []  # the verdict is in the manifest; the files still verify
+
+
+def test_a_candidate_trained_on_all_its_data_is_gated_without_a_warning(
+    enclave_home, tiny_checkpoint, facts_file, tmp_path, caplog
+):
+    """The loop's candidate trains on every correction (split_ratios [1, 0, 0]): its empty test split
+    is by design, not "no records left to score"; the --data set still scores them."""
+    run(_config(tiny_checkpoint, facts_file, name="active"))
+    corrections = write_jsonl(
+        tmp_path / "corrections.jsonl",
+        [
+            {"instruction": "What is a tort?", "output": "A civil wrong."},
+            {"instruction": "What does NPO mean?", "output": "Nothing by mouth."},
+        ],
+    )
+    overrides = {"data.split_ratios": [1.0, 0.0, 0.0], "train.max_steps": 1, "train.lr": 1e-12, "train.batch_size": 2}
+    caplog.clear()
+    run(_config(tiny_checkpoint, corrections, name="candidate", init_adapter="active", **overrides))
+    assert not [r.message for r in caplog.records if r.levelname == "WARNING" and "test split" in r.message]
+    cmd = [sys.executable, "-m", "enclave", "tune", "gate", "candidate", "--against", "active"]
+    done = subprocess.run(cmd + ["--data", str(corrections)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "left to score" not in done.stderr and "candidate test split is empty" in done.stderr
+    names = [s["name"] for s in read_manifest(enclave_home / "adapters" / "candidate").metrics["gate"]["sets"]]
+    assert names == ["active test split", str(corrections)]
