@@ -15,7 +15,7 @@ import grpc
 from serve.auth import Caller
 from serve.errors import ServeError
 from serve.job import Event, Job
-from serve.models import Served
+from serve.models import Models, Served
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class Call:
         """Submit the job and yield its events; a cancelled or failed call frees its slot."""
         engine = self.served.engine
         try:
+            # Routed at admission; a release change since may have unloaded that version (serve.models).
+            self.job.adapter = Models.reroute(self.served, self.job.adapter, self.request_id)
             engine.submit(self.job)
             while True:
                 event: Event = await self.job.queue.get()

@@ -171,6 +171,20 @@ class Models:
         return release.route(adapter, request_id) if release is not None else adapter
 
     @staticmethod
+    def reroute(served: Served, engine_adapter: str | None, request_id: str) -> str | None:
+        """The engine adapter a routed request is submitted on: its version, unless a release change
+        dropped that version after the request was routed (its unload then starts at once); then the
+        release's route now. Called on the event loop right before the engine takes the job, where
+        ``_release`` also runs, so no unload can slip between this check and the submission."""
+        if not engine_adapter or "@" not in engine_adapter:
+            return engine_adapter
+        name, version = engine_adapter.rsplit("@", 1)
+        release = served.releases.get(name)
+        if release is None or version in served.loaded.get(name, {}):
+            return engine_adapter
+        return release.route(name, request_id)
+
+    @staticmethod
     def check_adapter(served: Served, adapter: str) -> None:
         if adapter and adapter not in served.adapters:
             raise NotFound(

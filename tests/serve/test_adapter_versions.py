@@ -94,3 +94,46 @@ def test_release_commands_check_what_they_name(versioned):
         repo.rollback_adapter("facts")
     with pytest.raises(EnclaveError, match="not a share"):
         repo.canary("facts", "2", 1.5)
+
+
+def test_a_request_routed_to_a_version_just_unloaded_runs_on_the_release_now(versioned, tmp_path):
+    """Admission routes a request to facts@1; before the engine takes it, a promotion unloads
+    version 1. The request is submitted on the release's route then (facts@2), not on a version the
+    engine no longer has."""
+    import asyncio
+
+    from serve.auth import Caller
+    from serve.call import Call
+    from serve.job import Job, Sampling
+
+    cfg = serve_config(versioned, adapters={"tiny-onnx": ["facts"]})
+    with running(cfg) as server:
+        served = server.models.active["tiny-onnx"]
+
+        async def admitted() -> Call:
+            call = Call(server.admission, served, Caller("t", "test"), "r-1")
+            adapter = server.models.route(served, "facts", "r-1")
+            call.job = Job("r-1", [1, 2, 3], Sampling(max_tokens=2), adapter, None, asyncio.get_running_loop())
+            call.job.queue = asyncio.Queue()
+            return call
+
+        call = server.call(admitted())
+        assert call.job.adapter == "facts@1"
+        _cli("promote", "facts", "--version", "2", "--repo", str(versioned))
+        assert _until(lambda: set(served.loaded["facts"]) == {"2"})
+        lora = served.engine.model.lora  # the onnxruntime backend's adapter slots
+
+        def unloaded() -> bool:
+            try:
+                lora.slot("facts@1")
+            except KeyError:
+                return True
+            return False
+
+        assert _until(unloaded)  # the engine has dropped version 1
+
+        async def drain() -> list:
+            return [event async for event in call.events()]
+
+        events = server.call(drain())
+        assert events[-1].finish and call.job.adapter == "facts@2"
