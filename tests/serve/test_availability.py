@@ -4,6 +4,8 @@ cannot flood the audit log, and one connection holds a bounded number of streams
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import json
 import threading
 import time
@@ -180,30 +182,56 @@ def test_without_tokens_each_client_address_has_its_own_quota(serve_repo):
     assert not a1.admin and a1.id == "anonymous"
 
 
+@contextlib.contextmanager
+def _model_thread_held(server, model: str = "tiny-onnx"):
+    """The model thread waits until the block ends: admitted calls hold their slots however fast the
+    tiny model is (it streams 80 tokens in about 19 ms, so a stream's slot could be free again before
+    the next call of a test)."""
+    held = threading.Event()
+    server.models.active[model].engine.call(held.wait)
+    try:
+        yield held
+    finally:
+        held.set()
+
+
+def _until_open(server, calls: int) -> None:
+    """Until the server counts ``calls`` open calls (all callers together)."""
+    deadline = time.monotonic() + 10
+    while sum(server.gate.open.values()) < calls:
+        assert time.monotonic() < deadline, f"fewer than {calls} calls were admitted: {dict(server.gate.open)}"
+        time.sleep(0.01)
+
+
 def test_one_client_cannot_starve_another_over_the_network(serve_repo):
     """Over real sockets: IPv4 and IPv6 loopback are two client addresses on a dual-stack listener."""
     cfg = serve_config(serve_repo, host="::", insecure=True, limits__max_streams_per_token=2)
-    with running(cfg) as server:
+    with running(cfg) as server, _model_thread_held(server) as held:
         with Client(f"127.0.0.1:{server.port}", timeout=60) as greedy:
-            streams = [greedy.stream("The patient was given", max_tokens=80, min_tokens=80) for _ in range(2)]
-            for s in streams:
-                next(s)
+            streams = [greedy.stream("The patient was given", max_tokens=8) for _ in range(2)]
+            _until_open(server, 2)
             assert status_of(lambda: greedy.generate("hi", max_tokens=2))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-            with Client(f"[::1]:{server.port}", timeout=60) as other:
-                assert other.generate("hi", max_tokens=2).usage.completion_tokens == 2
+            with Client(f"[::1]:{server.port}", timeout=60) as other, cf.ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(other.generate, "hi", max_tokens=2)
+                try:
+                    _until_open(server, 3)  # admitted while the greedy address holds both of its slots
+                finally:
+                    held.set()  # (before the pool waits for the answer, which needs the model thread)
+                assert answer.result().usage.completion_tokens == 2
             for s in streams:
-                list(s)
+                assert list(s)[-1].finish_reason
 
 
 def test_tokenize_and_count_tokens_count_against_the_limit(serve_repo):
     with running(serve_config(serve_repo, limits__max_streams_per_token=1)) as server:
-        with Client(f"127.0.0.1:{server.port}", timeout=60) as c:
-            stream = c.stream("The patient was given", max_tokens=80, min_tokens=80)
-            next(stream)
+        with _model_thread_held(server) as held, Client(f"127.0.0.1:{server.port}", timeout=60) as c:
+            stream = c.stream("The patient was given", max_tokens=8)
+            _until_open(server, 1)  # admitted: its slot is taken before its first token
             for call in (c.count_tokens, c.tokenize):
                 code, details = status_of(lambda: call("Blood pressure"))  # noqa: B023 (called here)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams_per_token" in details
-            list(stream)
+            held.set()
+            assert list(stream)[-1].finish_reason
             assert c.count_tokens("Blood pressure").count > 0
 
 
