@@ -136,6 +136,9 @@ def gate(
         seen.add((prepared.digest, whole))
         splits = ("train", "validation", "test") if whole else ("test",)
         pairs = [(r, e) for s in splits for r, e in zip(prepared.records[s], prepared.examples[s])]
+        if not pairs:  # e.g. a candidate trained on all of its data (split_ratios [1, 0, 0]): nothing to score
+            log.info("gate: %s is empty", name)
+            continue
         records, examples, left_out = [], [], 0
         for rec, ex in pairs:
             grams = shingles(rec.prompt_text)
@@ -146,9 +149,6 @@ def gate(
             examples.append(ex)
         if max_examples:
             records, examples = records[:max_examples], examples[:max_examples]
-        if not pairs:  # e.g. a candidate trained on all of its data (split_ratios [1, 0, 0]): nothing to score
-            log.info("gate: %s is empty", name)
-            continue
         if not records:
             log.warning("gate: %s has no records left to score: all %d are training data", name, left_out)
             continue

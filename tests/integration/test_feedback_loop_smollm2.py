@@ -17,7 +17,7 @@ import pytest
 from enclave.evaluation.metrics import exact_match
 from enclave.grpc_client import Client
 from enclave.manifest import read_manifest
-from tests.integration.test_serve_smollm2 import _cli
+from tests.integration.conftest import cli
 from tests.serve.conftest import running, serve_config, status_of
 
 pytestmark = pytest.mark.slow
@@ -46,9 +46,9 @@ def test_reviewers_corrections_become_the_next_adapter(store, tuned_adapter, int
 
     adapter = tuned_adapter[0]
     loop = tmp_path / "repo"
-    _cli(store, "serve", "add", str(int4_onnx), "--repo", str(loop), "--name", MODEL, "--version", "1")
-    _cli(store, "serve", "add-adapter", str(adapter), "--version", "1", "--repo", str(loop))
-    _cli(store, "feedback", "keygen", str(tmp_path / "feedback.key"))
+    cli(store, "serve", "add", str(int4_onnx), "--repo", str(loop), "--name", MODEL, "--version", "1")
+    cli(store, "serve", "add-adapter", str(adapter), "--version", "1", "--repo", str(loop))
+    cli(store, "feedback", "keygen", str(tmp_path / "feedback.key"))
     tokens = tmp_path / "tokens.yaml"
     made = {
         "ward": add_token(tokens, "ward", "reader"),
@@ -95,17 +95,17 @@ def test_reviewers_corrections_become_the_next_adapter(store, tuned_adapter, int
 
             # Export: each correction as a chat record and a preference record; titles, no names.
             corrections = tmp_path / "corrections.jsonl"
-            _cli(store, "feedback", "export", "--config", str(config), "--model", MODEL, "--out", str(corrections))
+            cli(store, "feedback", "export", "--config", str(config), "--model", MODEL, "--out", str(corrections))
             exported = corrections.read_text()
             rows = [json.loads(line) for line in exported.splitlines()]
             assert sorted("messages" in r for r in rows) == [False] * 3 + [True] * 3
             assert sorted({r["reviewer"] for r in rows}) == ["pharmacist", "senior associate"]
             assert "okafor" not in exported and "lindqvist" not in exported
-            _cli(store, "tune", "check-data", str(corrections))
+            cli(store, "tune", "check-data", str(corrections))
 
             # Version 2 from version 1, with half its training split replayed; then the gate.
             candidate = tmp_path / "integration-2"
-            tuned = _cli(
+            tuned = cli(
                 store,
                 "tune",
                 "--config",
@@ -119,7 +119,7 @@ def test_reviewers_corrections_become_the_next_adapter(store, tuned_adapter, int
             assert "UserWarning" not in tuned.stderr, tuned.stderr[-2000:]  # no library chatter reaches the user
             continual = read_manifest(candidate).metrics["continual"]
             assert continual["frozen_left_out"] == 3  # the corrected questions are not scored as unseen
-            gate = _cli(store, "tune", "gate", str(candidate), "--against", str(adapter), "--data", str(corrections))
+            gate = cli(store, "tune", "gate", str(candidate), "--against", str(adapter), "--data", str(corrections))
             assert "verdict: PASS" in " ".join(gate.stdout.split()), gate.stdout
             verdict = read_manifest(candidate).metrics["gate"]
             frozen = verdict["sets"][0]
@@ -128,12 +128,12 @@ def test_reviewers_corrections_become_the_next_adapter(store, tuned_adapter, int
             assert before > 80, gate.stdout  # a trained adapter: forgetting is there to be seen
 
             # A 50% canary: both versions answer; then version 2 is promoted.
-            _cli(store, "serve", "add-adapter", str(candidate), "--version", "2", "--repo", str(loop))
-            _cli(store, "serve", "canary", "integration", "--version", "2", "--share", "0.5", "--repo", str(loop))
+            cli(store, "serve", "add-adapter", str(candidate), "--version", "2", "--repo", str(loop))
+            cli(store, "serve", "canary", "integration", "--version", "2", "--share", "0.5", "--repo", str(loop))
             _wait_for(server, "integration", "canary", "2")
             seen = [ask(wrong[0][0], f"canary-{i}").adapter for i in range(16)]
             assert set(seen) == {"integration@1", "integration@2"}, seen
-            _cli(store, "serve", "promote", "integration", "--repo", str(loop))
+            cli(store, "serve", "promote", "integration", "--repo", str(loop))
             _wait_for(server, "integration", "active", "2")
             for question, reference, _before in wrong:
                 after_reply = ask(question, f"after-{question[:24]}")

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,10 @@ import pytest
 from enclave.grpc_client import Client
 from enclave.v1 import inference_pb2 as pb
 from tests.conftest import VLLM_PYTHON
+from tests.integration.conftest import NAME, cli, export_onnx
 from tests.serve.conftest import admin_tokens, running, serve_config
 
 pytestmark = pytest.mark.slow
-NAME = "smollm2-135m-instruct"
 QUESTIONS = [
     "What does BID mean on a chart?",
     "Explain briefly what 'habeas corpus' means in law.",
@@ -30,30 +29,12 @@ QUESTIONS = [
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cli(store, *args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "enclave", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ENCLAVE_HOME": str(store)},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def _export(store, precision: str, out: Path) -> Path:
-    _cli(store, "compress", "export", "--model", NAME, "--format", "onnx", "--precision", precision, "--out", str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def repo(store, tuned_adapter, int4_onnx, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("serve-smollm2") / "repo"
-    _cli(store, "serve", "add", str(int4_onnx), "--repo", str(repo), "--name", "smollm2-int4", "--version", "1")
-    _cli(
-        store, "serve", "add", str(store / "models" / NAME), "--repo", str(repo), "--name", "smollm2", "--version", "1"
-    )
-    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
+    cli(store, "serve", "add", str(int4_onnx), "--repo", str(repo), "--name", "smollm2-int4", "--version", "1")
+    cli(store, "serve", "add", str(store / "models" / NAME), "--repo", str(repo), "--name", "smollm2", "--version", "1")
+    cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     return repo
 
 
@@ -113,7 +94,7 @@ def test_node_client_from_the_proto_alone(server, tmp_path):
 @pytest.mark.skipif(not VLLM_PYTHON, reason="vLLM's environment is not built (make vllm-env)")
 def test_vllm_backend_with_adapters(store, tuned_adapter, tmp_path):
     out = tmp_path / "vllm"
-    _cli(
+    cli(
         store,
         "compress",
         "export",
@@ -127,8 +108,8 @@ def test_vllm_backend_with_adapters(store, tuned_adapter, tmp_path):
         str(out),
     )
     repo = tmp_path / "repo"
-    _cli(store, "serve", "add", str(out), "--repo", str(repo), "--name", "smollm2-vllm", "--version", "1")
-    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
+    cli(store, "serve", "add", str(out), "--repo", str(repo), "--name", "smollm2-vllm", "--version", "1")
+    cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     tokens, admin = admin_tokens(tmp_path)  # the Admin rpcs below need an admin token
     proc = subprocess.Popen(
         [
@@ -220,10 +201,10 @@ def _vllm_structured_output_and_logprobs(c: Client) -> None:
 def test_adapter_unmerged_on_onnxruntime_equals_peft(store, tuned_adapter, tmp_path, monkeypatch):
     """The tuned adapter on an fp32 ONNX export of SmolLM2, unmerged, chosen per request, answers
     exactly as transformers + PEFT do, alone and in a batch mixing the base and the adapter."""
-    _export(store, "fp32", tmp_path / "onnx")
+    export_onnx(store, "fp32", tmp_path / "onnx")
     repo = tmp_path / "repo"
-    _cli(store, "serve", "add", str(tmp_path / "onnx"), "--repo", str(repo), "--name", "smollm2-fp32", "--version", "1")
-    _cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
+    cli(store, "serve", "add", str(tmp_path / "onnx"), "--repo", str(repo), "--name", "smollm2-fp32", "--version", "1")
+    cli(store, "serve", "add-adapter", str(tuned_adapter[0]), "--repo", str(repo))
     cfg = serve_config(repo, default_model="smollm2-fp32", threads=None, adapters={"smollm2-fp32": ["integration"]})
     jobs = [(q, a) for q in QUESTIONS for a in ("", "integration")]
     with running(cfg) as s, Client(f"127.0.0.1:{s.port}") as c:
